@@ -1,0 +1,1 @@
+"""Launch MixMIM pretraining on Cloud TPU and GPU machines (stdlib only)."""
