@@ -1,0 +1,588 @@
+"""Tests for launch/: exact gcloud commands, input checks, the watch policy.
+
+Pure Python and bash; no JAX, no cloud. Recorded gcloud output lives in
+tests/launch_fixtures/ (`... describe --format=json` and the probe's lines).
+"""
+
+import json
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+from launch import cost, tpu, tpu_commands as tc, tpu_watch as tw  # noqa: E402
+from launch.accelerators import LaunchError, parse_accelerator  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "launch_fixtures"
+WHERE = ["--zone=us-central2-b", "--project=my-project"]
+ENV = {
+    "TPU_NAME": "my-tpu", "TPU_ZONE": "us-central2-b", "GCP_PROJECT": "my-project",
+    "TPU_ACCELERATOR_TYPE": "v4-32", "TPU_SPOT": "1", "TPU_QUEUED": "1",
+    "MIXMIM_WORKDIR": "gs://my-bucket/mixmim/base_pretrain",
+    "MIXMIM_DATA_DIR": "gs://my-bucket/tensorflow_datasets",
+}
+ALL_ENV = list(ENV) + ["TPU_RUNTIME_VERSION", "MIXMIM_CONFIG"]
+
+
+@pytest.fixture
+def env(monkeypatch):
+  for k in ALL_ENV:
+    monkeypatch.delenv(k, raising=False)
+  for k, v in ENV.items():
+    monkeypatch.setenv(k, v)
+  return monkeypatch
+
+
+@pytest.fixture
+def repo(tmp_path):
+  """A clean git checkout whose requirements.txt pins jax like ours does."""
+  r = tmp_path / "repo"
+  r.mkdir()
+  (r / "requirements.txt").write_text("jax==0.10.2\njaxlib==0.10.2\nflax==0.12.8\n")
+  (r / "README.md").write_text("x\n")
+  git = ["git", "-C", str(r), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+  subprocess.run(git[:3] + ["init", "-q"], check=True)
+  subprocess.run(git + ["add", "."], check=True)
+  subprocess.run(git + ["commit", "-qm", "init"], check=True)
+  sha = subprocess.run(["git", "-C", str(r), "rev-parse", "HEAD"], capture_output=True,
+                       text=True, check=True).stdout.strip()
+  return r, sha
+
+
+def dry_run(capsys, *argv):
+  """Run the CLI with --dry-run; return (exit code, printed argv lists, stderr)."""
+  rc = tpu.main(list(argv[:1]) + ["--dry-run"] + list(argv[1:]))
+  out, err = capsys.readouterr()
+  commands = [shlex.split(line) for line in out.splitlines() if not line.startswith("#")]
+  return rc, commands, err
+
+
+def remote(cmd):
+  """The shell text a `tpu-vm ssh --command=...` would run."""
+  [flag] = [a for a in cmd if a.startswith("--command=")]
+  return flag[len("--command="):]
+
+
+# --- accelerators -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name,gcloud_type,chips,hosts,runtime", [
+    ("v4-8", "v4-8", 4, 1, "tpu-ubuntu2204-base"),
+    ("v4-32", "v4-32", 16, 4, "tpu-ubuntu2204-base"),
+    ("v5e-64", "v5litepod-64", 64, 16, "v2-alpha-tpuv5-lite"),
+    ("v5litepod-8", "v5litepod-8", 8, 1, "v2-alpha-tpuv5-lite"),
+    ("v5p-8", "v5p-8", 4, 1, "v2-alpha-tpuv5"),
+    ("v5p-128", "v5p-128", 64, 16, "v2-alpha-tpuv5"),
+    ("v6e-16", "v6e-16", 16, 4, "v2-alpha-tpuv6e"),
+])
+def test_accelerator_table(name, gcloud_type, chips, hosts, runtime):
+  a = parse_accelerator(name)
+  assert (a.type, a.chips, a.hosts, a.default_runtime) == (gcloud_type, chips, hosts, runtime)
+
+
+@pytest.mark.parametrize("name", ["v9-32", "v4-12", "v5litepod-12", "v6e", "tpu-v4-32", ""])
+def test_unknown_accelerator_is_named(name):
+  with pytest.raises(LaunchError, match=f"Unknown accelerator type {name!r}; .*expected|takes"):
+    parse_accelerator(name)
+
+
+# --- dry-run commands ----------------------------------------------------------------
+
+def test_create_v4_32_spot_through_queued_resources(env, capsys):
+  rc, cmds, _ = dry_run(capsys, "create")
+  assert rc == 0
+  assert cmds == [[
+      "gcloud", "compute", "tpus", "queued-resources", "create", "my-tpu",
+      "--node-id=my-tpu", *WHERE, "--accelerator-type=v4-32",
+      "--runtime-version=tpu-ubuntu2204-base", "--spot"]]
+
+
+def test_create_direct_on_demand_v5e_flags_override_env(env, capsys):
+  rc, cmds, _ = dry_run(capsys, "create", "--no-spot", "--no-queued",
+                        "--accelerator-type=v5e-64", "--name=other-tpu",
+                        "--runtime-version=v2-alpha-tpuv5-lite")
+  assert rc == 0
+  # tpu-vm create names the runtime flag --version.
+  assert cmds == [[
+      "gcloud", "compute", "tpus", "tpu-vm", "create", "other-tpu", *WHERE,
+      "--accelerator-type=v5litepod-64", "--version=v2-alpha-tpuv5-lite"]]
+
+
+def test_delete_and_stop_and_logs(env, capsys):
+  assert dry_run(capsys, "delete")[1] == [[
+      "gcloud", "compute", "tpus", "queued-resources", "delete", "my-tpu", *WHERE,
+      "--force", "--quiet"]]
+  env.setenv("TPU_QUEUED", "0")
+  assert dry_run(capsys, "delete")[1] == [[
+      "gcloud", "compute", "tpus", "tpu-vm", "delete", "my-tpu", *WHERE, "--quiet"]]
+  [stop] = dry_run(capsys, "stop")[1]
+  assert stop[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu", *WHERE][:7]
+  assert "--worker=all" in stop and 'kill -TERM -- "-$(cat' in remote(stop)
+  [logs] = dry_run(capsys, "logs", "--worker=all", "--follow", "--lines=50")[1]
+  assert logs == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu", *WHERE,
+                  "--worker=all", '--command=tail -F -n 50 "$HOME/mixmim"/logs/train-*.log']
+
+
+def test_setup_ships_one_commit_to_every_worker(env, capsys, repo, tmp_path):
+  r, sha = repo
+  rc, cmds, _ = dry_run(capsys, "setup", f"--repo={r}", f"--staging-dir={tmp_path}")
+  assert rc == 0
+  archive = f"mixmim_jax-{sha}.tar.gz"
+  pack, copy, install = cmds
+  assert pack == ["git", "-C", str(r), "archive", "--format=tar.gz", f"--prefix=code-{sha}/",
+                  f"--output={tmp_path / archive}", sha]
+  assert copy == ["gcloud", "compute", "tpus", "tpu-vm", "scp", str(tmp_path / archive),
+                  f"my-tpu:{archive}", *WHERE, "--worker=all"]
+  assert install[:9] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu", *WHERE,
+                         "--worker=all"]
+  script = remote(install).split("; ")
+  assert f'tar -xzf "$HOME/{archive}" -C "$HOME/mixmim"' in script
+  assert ('"$HOME/mixmim"/venv/bin/pip install -q \'jax[tpu]==0.10.2\' '
+          f'-r "$HOME/mixmim"/code-{sha}/requirements.txt') in script
+  assert script[-1] == f'echo {sha} > "$HOME/mixmim"/COMMIT'
+  assert not (tmp_path / archive).exists()   # dry run: nothing packed
+
+
+def test_setup_archive_really_holds_the_commit(env, capsys, repo, tmp_path):
+  r, sha = repo
+  _, (pack, _, _), _ = dry_run(capsys, "setup", f"--repo={r}", f"--staging-dir={tmp_path}")
+  (r / "README.md").write_text("edited after the commit\n")   # must not be shipped
+  subprocess.run(pack, check=True)
+  listing = subprocess.run(["tar", "-xzOf", pack[-2].split("=", 1)[1],
+                            f"code-{sha}/README.md"], capture_output=True, text=True)
+  assert listing.stdout == "x\n"
+
+
+def test_dirty_tree_is_refused_unless_allowed(env, capsys, repo, tmp_path):
+  r, sha = repo
+  (r / "requirements.txt").write_text("jax==0.10.2\nnumpy\n")
+  rc, cmds, err = dry_run(capsys, "setup", f"--repo={r}", f"--staging-dir={tmp_path}")
+  assert rc == 2 and cmds == []
+  assert f"has uncommitted changes (requirements.txt); the workers get commit {sha[:12]}" in err
+  assert "--allow-dirty" in err
+  rc, cmds, err = dry_run(capsys, "setup", f"--repo={r}", f"--staging-dir={tmp_path}",
+                          "--allow-dirty")
+  assert rc == 0 and err.startswith("warning: ") and cmds[0][-1] == sha
+
+
+def test_start_carries_config_workdir_and_data_on_all_workers(env, capsys, repo):
+  r, sha = repo
+  rc, cmds, _ = dry_run(capsys, "start", f"--repo={r}", "--",
+                        "--config.total_epochs=300")
+  assert rc == 0
+  [start] = cmds
+  assert start[:9] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu", *WHERE,
+                       "--worker=all"]
+  script = remote(start)
+  assert f'cd "$HOME/mixmim"/code-{sha};' in script
+  assert ("setsid nohup bash -c '\"$HOME/mixmim\"/venv/bin/python -m mixmim_jax.main "
+          "--config=configs/base_pretrain.py --workdir=gs://my-bucket/mixmim/base_pretrain "
+          "--config.data.data_dir=gs://my-bucket/tensorflow_datasets "
+          "--config.total_epochs=300; echo $? > \"$HOME/mixmim\"/exit_code' "
+          '>> "$HOME/mixmim"/logs/train-"$(hostname)".log 2>&1 < /dev/null '
+          '& echo $! > "$HOME/mixmim"/train.pid') in script
+  subprocess.run(["bash", "-n", "-c", script], check=True)
+
+
+@pytest.mark.parametrize("argv,unset,message", [
+    (["start"], "MIXMIM_WORKDIR", "MIXMIM_WORKDIR is not set; pass --workdir or export "
+     "MIXMIM_WORKDIR (expected gs://BUCKET/PATH for checkpoints)."),
+    (["start"], "MIXMIM_DATA_DIR", "MIXMIM_DATA_DIR is not set; pass --data-dir"),
+    (["start", "--workdir=/home/me/ckpt"], None, "Workdir '/home/me/ckpt' is not on GCS, but "
+     "v4-32 has 4 hosts that must all read and write the same files; expected gs://"),
+    (["start", "--data-dir=/data/tfds"], None, "Data dir '/data/tfds' is not on GCS"),
+    (["start", "--workdir=gs://"], None, "Workdir 'gs://' is not a valid GCS path"),
+    (["watch", "--accelerator-type=v4-8", "--workdir=/home/me/ckpt"], None,
+     "Workdir '/home/me/ckpt' is not on GCS, but watch recreates the VM"),
+    (["create", "--accelerator-type=v4-33"], None, "Unknown accelerator type 'v4-33'"),
+    (["create"], "TPU_ACCELERATOR_TYPE", "TPU_ACCELERATOR_TYPE is not set"),
+    (["create"], "TPU_NAME", "TPU_NAME is not set; pass --name or export TPU_NAME"),
+    (["create", "--zone=us_central2"], None, "--zone 'us_central2' is not valid; expected "
+     "a zone such as us-central2-b."),
+    (["create"], "GCP_PROJECT", "GCP_PROJECT is not set"),
+])
+def test_bad_inputs_get_one_clear_sentence(env, capsys, repo, argv, unset, message):
+  if unset:
+    env.delenv(unset)
+  extra = [] if argv[0] == "create" else [f"--repo={repo[0]}"]
+  rc, cmds, err = dry_run(capsys, *argv, *extra)
+  assert rc == 2 and cmds == []
+  assert err.startswith("error: ") and message in err
+  assert err.count("\n") == 1
+
+
+def test_single_host_may_use_a_local_workdir(env, capsys, repo):
+  rc, cmds, _ = dry_run(capsys, "start", "--accelerator-type=v4-8",
+                        "--workdir=/home/me/ckpt", "--data-dir=/data/tfds", f"--repo={repo[0]}")
+  assert rc == 0 and "--workdir=/home/me/ckpt" in remote(cmds[0])
+
+
+def test_dry_run_never_calls_gcloud(tmp_path, repo):
+  marker = tmp_path / "called"
+  fake = tmp_path / "bin"
+  fake.mkdir()
+  (fake / "gcloud").write_text(f"#!/bin/sh\ntouch {marker}\n")
+  (fake / "gcloud").chmod(0o755)
+  environ = dict(os.environ, **ENV, PATH=f"{fake}:{os.environ['PATH']}")
+  for command in ["create", "setup", "start", "watch", "status", "logs", "stop", "delete"]:
+    extra = [f"--repo={repo[0]}"] if command in ("setup", "start", "watch") else []
+    out = subprocess.run([sys.executable, "-m", "launch.tpu", command, "--dry-run", *extra],
+                         cwd=ROOT, env=environ, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(("gcloud ", "git ", "# "))
+  assert not marker.exists()
+
+
+def test_watch_dry_run_lists_poll_and_recovery(env, capsys, repo):
+  tpu.main(["watch", "--dry-run", f"--repo={repo[0]}"])
+  out = capsys.readouterr().out
+  sections = [line for line in out.splitlines() if line.startswith("#")]
+  assert sections == ["# every 300 s: poll", "# on RECREATE", "# on RECREATE",
+                      "# on START", "# on START", "# on START"]
+  assert "gcloud compute tpus queued-resources describe my-tpu --zone=us-central2-b " \
+         "--project=my-project --format=json" in out
+
+
+# --- the remote scripts, run for real on a fake worker home ----------------------------
+
+def _sh(script, home, **extra):
+  return subprocess.run(["bash", "-c", script], env=dict(os.environ, HOME=str(home), **extra),
+                        capture_output=True, text=True, timeout=10)
+
+
+def _wait_for(predicate, timeout=5.0):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return True
+    time.sleep(0.05)
+  return False
+
+
+def test_start_probe_stop_on_a_fake_worker(tmp_path):
+  s = tc.Slice("my-tpu", "us-central2-b", "my-project", parse_accelerator("v4-8"),
+               "tpu-ubuntu2204-base")
+  code = tc.Code("unused", "c0ffee", "0.10.2", "unused")
+  job = tc.Job("configs/base_pretrain.py", "gs://my-bucket/w", "gs://my-bucket/d")
+  home = tmp_path
+  (home / "mixmim" / "code-c0ffee").mkdir(parents=True)
+  fake_python = home / "mixmim" / "venv" / "bin" / "python"
+  fake_python.parent.mkdir(parents=True)
+  fake_python.write_text('#!/bin/bash\necho "args: $*"; echo "cwd: $PWD"\n'
+                         'sleep "${FAKE_SLEEP:-0}"; exit "${FAKE_EXIT:-0}"\n')
+  fake_python.chmod(0o755)
+  start, probe, stop = (remote(tc.start(s, code, job)[0]), tc.PROBE,
+                        remote(tc.stop(s)[0]))
+  exit_code = home / "mixmim" / "exit_code"
+  pid_file = home / "mixmim" / "train.pid"
+
+  assert _sh(start, home, FAKE_SLEEP="30").returncode == 0
+  pid = int(pid_file.read_text())
+  try:
+    assert _sh(probe, home).stdout == "MIXMIM_JOB RUNNING\n"
+    again = _sh(start, home)
+    assert again.returncode == 1 and "already running" in again.stderr
+    assert _sh(stop, home).returncode == 0
+    assert _wait_for(lambda: subprocess.run(["kill", "-0", str(pid)],
+                                            capture_output=True).returncode != 0)
+  finally:
+    subprocess.run(["kill", "-KILL", "--", f"-{pid}"], capture_output=True)
+  assert _sh(probe, home).stdout == "MIXMIM_JOB ABSENT\n"
+
+  assert _sh(start, home, FAKE_EXIT="3").returncode == 0
+  assert _wait_for(exit_code.exists)
+  assert _wait_for(lambda: _sh(probe, home).stdout == "MIXMIM_JOB EXITED 3\n")
+  [log] = (home / "mixmim" / "logs").glob("train-*.log")
+  text = log.read_text()
+  assert text.count("=== mixmim start") == 2 and "commit c0ffee" in text
+  assert ("args: -m mixmim_jax.main --config=configs/base_pretrain.py "
+          "--workdir=gs://my-bucket/w --config.data.data_dir=gs://my-bucket/d") in text
+  assert f"cwd: {home}/mixmim/code-c0ffee" in text
+
+
+# --- parsing recorded gcloud output --------------------------------------------------------
+
+def recorded(name):
+  """(returncode, stdout, stderr) as gcloud gave them for a fixture."""
+  path = FIXTURES / name
+  if path.suffix == ".stderr":
+    return 1, "", path.read_text()
+  if path.suffix == ".json":
+    return 0, path.read_text(), ""
+  err = FIXTURES / (path.stem + ".stderr")
+  stderr = err.read_text() if err.exists() else ""
+  return (1 if "failed with exit status" in stderr else 0), path.read_text(), stderr
+
+
+@pytest.mark.parametrize("name,state", [
+    ("qr_waiting_for_resources.json", "WAITING_FOR_RESOURCES"),
+    ("qr_provisioning.json", "PROVISIONING"), ("qr_active.json", "ACTIVE"),
+    ("qr_suspending.json", "SUSPENDING"), ("qr_suspended.json", "SUSPENDED"),
+    ("qr_failed.json", "FAILED"), ("qr_not_found.stderr", "NOT_FOUND"),
+    ("node_creating.json", "CREATING"), ("node_ready.json", "READY"),
+    ("node_preempted.json", "PREEMPTED"), ("node_not_found.stderr", "NOT_FOUND"),
+])
+def test_parse_describe(name, state):
+  assert tw.parse_describe(*recorded(name)) == state
+
+
+def test_parse_describe_other_errors_are_raised():
+  with pytest.raises(RuntimeError, match="PERMISSION_DENIED"):
+    tw.parse_describe(1, "", "ERROR: (gcloud) PERMISSION_DENIED: tpu.nodes.get")
+
+
+@pytest.mark.parametrize("qr,node,condition", [
+    ("WAITING_FOR_RESOURCES", "NOT_FOUND", tw.PROVISIONING),
+    ("ACTIVE", "CREATING", tw.PROVISIONING), ("ACTIVE", "READY", tw.READY),
+    ("ACTIVE", "PREEMPTED", tw.PREEMPTED), ("ACTIVE", "NOT_FOUND", tw.PREEMPTED),
+    ("SUSPENDED", "NOT_FOUND", tw.PREEMPTED), ("FAILED", "NOT_FOUND", tw.FAILED),
+    ("NOT_FOUND", "NOT_FOUND", tw.GONE),
+    (None, "READY", tw.READY), (None, "PREEMPTED", tw.PREEMPTED),
+    (None, "TERMINATED", tw.PREEMPTED), (None, "NOT_FOUND", tw.GONE),
+])
+def test_slice_condition(qr, node, condition):
+  assert tw.slice_condition(node, qr) == condition
+
+
+@pytest.mark.parametrize("name,job", [
+    ("probe_running.stdout", tw.RUNNING), ("probe_absent.stdout", tw.ABSENT),
+    ("probe_crashed.stdout", tw.CRASHED), ("probe_finished.stdout", tw.FINISHED),
+    ("probe_partial.stdout", tw.UNREACHABLE),
+])
+def test_parse_probe(name, job):
+  rc, out, _ = recorded(name)
+  assert tw.parse_probe(rc, out, hosts=4).job == job
+
+
+# --- the decision, from recorded output ----------------------------------------------------
+
+POLL = {   # a short name for each recorded poll: (queued resource, node, probe)
+    "waiting": ("qr_waiting_for_resources.json", "node_not_found.stderr", None),
+    "provisioning": ("qr_provisioning.json", "node_not_found.stderr", None),
+    "booting": ("qr_active.json", "node_creating.json", None),
+    "absent": ("qr_active.json", "node_ready.json", "probe_absent.stdout"),
+    "running": ("qr_active.json", "node_ready.json", "probe_running.stdout"),
+    "partial": ("qr_active.json", "node_ready.json", "probe_partial.stdout"),
+    "crashed": ("qr_active.json", "node_ready.json", "probe_crashed.stdout"),
+    "finished": ("qr_active.json", "node_ready.json", "probe_finished.stdout"),
+    "node_preempted": ("qr_active.json", "node_preempted.json", None),
+    "suspending": ("qr_suspending.json", "node_preempted.json", None),
+    "suspended": ("qr_suspended.json", "node_not_found.stderr", None),
+    "failed": ("qr_failed.json", "node_not_found.stderr", None),
+    "deleted": ("qr_not_found.stderr", "node_not_found.stderr", None),
+}
+
+
+def observation(poll):
+  qr, node, probe = POLL[poll]
+  cond = tw.slice_condition(tw.parse_describe(*recorded(node)),
+                            tw.parse_describe(*recorded(qr)))
+  if cond != tw.READY:
+    return tw.Observation(cond, tw.UNKNOWN, poll)
+  return tw.parse_probe(*recorded(probe)[:2], hosts=4)
+
+
+def replay(polls, max_recreates=10):
+  """Feed the polls to decide(), acting as the loop would; return the actions."""
+  history, actions = [], []
+  for poll in polls:
+    history.append(observation(poll))
+    d = tw.decide(history, max_recreates)
+    actions.append(d.action)
+    if d.action not in (tw.WAIT, tw.DONE, tw.GIVE_UP):
+      history.append(tw.Taken(d.action))
+  return actions, d
+
+
+def test_preempted_then_recreated_then_resumed_then_done():
+  actions, final = replay(["running", "running", "suspending", "suspended", "waiting",
+                           "provisioning", "booting", "absent", "running", "finished"])
+  assert actions == [tw.WAIT, tw.WAIT, tw.RECREATE, tw.RECREATE, tw.WAIT, tw.WAIT,
+                     tw.WAIT, tw.START, tw.WAIT, tw.DONE]
+  assert "every worker" in final.reason
+
+
+def test_recreations_are_bounded():
+  # Each preemption costs one recreation; the bound stops a run that keeps losing its slice.
+  actions, final = replay(["suspended", "suspended", "suspended"], max_recreates=2)
+  assert actions == [tw.RECREATE, tw.RECREATE, tw.GIVE_UP]
+  assert "--max-recreates=2 is reached" in final.reason
+
+
+def test_provisioning_failed_twice_stops_and_reports():
+  actions, final = replay(["running", "node_preempted", "failed", "failed"])
+  assert actions == [tw.WAIT, tw.RECREATE, tw.RECREATE, tw.GIVE_UP]
+  assert final.reason.startswith("creating the slice failed twice in a row")
+
+
+def test_failure_counter_resets_after_a_healthy_slice():
+  actions, _ = replay(["suspended", "failed", "waiting", "absent", "running",
+                       "suspended", "failed", "waiting"])
+  assert actions == [tw.RECREATE, tw.RECREATE, tw.WAIT, tw.START, tw.WAIT,
+                     tw.RECREATE, tw.RECREATE, tw.WAIT]
+
+
+def test_training_crash_restarts_once_then_stops_and_reports():
+  actions, final = replay(["running", "crashed", "running", "crashed"])
+  assert actions == [tw.WAIT, tw.START, tw.WAIT, tw.GIVE_UP]
+  assert final.reason.startswith("training failed twice on this slice (exit code 1")
+  assert "logs" in final.reason
+
+
+def test_a_start_that_does_not_take_counts_as_a_failure():
+  actions, _ = replay(["absent", "absent", "absent"])
+  assert actions == [tw.START, tw.START, tw.GIVE_UP]
+
+
+def test_crashes_on_different_slices_are_preemptions_not_bugs():
+  # A peer host vanishing can crash the trainer before the slice reads PREEMPTED.
+  actions, _ = replay(["running", "crashed", "suspended", "waiting", "absent", "crashed",
+                       "running"])
+  assert actions == [tw.WAIT, tw.START, tw.RECREATE, tw.WAIT, tw.START, tw.START, tw.WAIT]
+
+
+def test_deleted_outside_watch_stops():
+  actions, final = replay(["running", "deleted"])
+  assert actions == [tw.WAIT, tw.GIVE_UP] and "does not exist" in final.reason
+
+
+def test_unreachable_workers_wait_then_report():
+  actions, final = replay(["partial"] * tw.UNREACHABLE_POLLS)
+  assert actions == [tw.WAIT] * (tw.UNREACHABLE_POLLS - 1) + [tw.GIVE_UP]
+  assert "did not answer" in final.reason
+
+
+# --- the loop itself, against a fake gcloud that replays recorded output ----------------------
+
+def test_watch_loop_recreates_and_resumes_with_the_same_commands(env, repo):
+  s = tpu.make_slice(type("A", (), {})(), need_accelerator=True)
+  polls = iter(["running", "suspended", "waiting", "absent", "running", "finished"])
+  calls, acted, current = [], [], {}
+
+  def capture(cmd):
+    calls.append(cmd)
+    if cmd == tc.describe_queued(s):
+      current["poll"] = next(polls)
+      return recorded(POLL[current["poll"]][0])
+    if cmd == tc.describe_node(s):
+      return recorded(POLL[current["poll"]][1])
+    assert cmd == tc.probe(s)
+    return recorded(POLL[current["poll"]][2])
+
+  lines = []
+  final = tw.watch(poll=lambda: tpu.observe(s, capture), act=lambda a: acted.append(a) or True,
+                   sleep=lambda _: None, log=lines.append)
+  assert final.action == tw.DONE
+  assert acted == [tw.RECREATE, tw.START]
+  assert calls[:3] == [
+      ["gcloud", "compute", "tpus", "queued-resources", "describe", "my-tpu", *WHERE,
+       "--format=json"],
+      ["gcloud", "compute", "tpus", "tpu-vm", "describe", "my-tpu", *WHERE, "--format=json"],
+      tc.probe(s)]
+  assert lines[1].startswith("[watch] slice PREEMPTED, job UNKNOWN: RECREATE - preempted "
+                             "(queued resource SUSPENDED, node NOT_FOUND)")
+
+  # And the action commands the loop would run: recreate = delete + create; start =
+  # stop + setup + start, all at the commit resolved when watch began.
+  args = type("A", (), {"repo": str(repo[0]), "commit": None, "allow_dirty": False,
+                        "staging_dir": "/tmp", "python": "python3.11",
+                        "overrides": []})()
+  code = tpu.make_code(args)
+  job = tpu.make_job(type("A", (), {"overrides": []})(), s, watching=True)
+  steps = tpu.action_commands(tw.RECREATE, s, code, job)
+  assert [c for cmds, _ in steps for c in cmds] == tc.delete(s) + tc.create(s)
+  steps = tpu.action_commands(tw.START, s, code, job)
+  flat = [c for cmds, _ in steps for c in cmds]
+  assert flat == tc.stop(s) + tc.setup(s, code) + tc.start(s, code, job)
+  assert all(code.sha in shlex.join(c) for c in flat[1:])
+
+
+# --- GPU ----------------------------------------------------------------------------------
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+GPU = str(ROOT / "launch" / "gpu_multihost.sh")
+
+
+def gpu(*argv, **environ):
+  base = {k: v for k, v in os.environ.items() if not k.startswith("MIXMIM_")}
+  return subprocess.run(["bash", GPU, *argv], env=dict(base, **environ),
+                        capture_output=True, text=True, timeout=10)
+
+
+def test_gpu_multihost_dry_run():
+  out = gpu("--dry-run", "--workdir=gs://my-bucket/run", f"--commit={SHA}",
+            "--remote-dir=/home/me/mixmim_jax", "--", "--config.batch_size=1024",
+            MIXMIM_HOSTS="gpu-0 me@gpu-1", MIXMIM_DATA_DIR="gs://my-bucket/tfds")
+  assert out.returncode == 0, out.stderr
+  lines = [shlex.split(line) for line in out.stdout.splitlines()]
+  assert [line[:2] for line in lines] == [["ssh", "gpu-0"], ["ssh", "me@gpu-1"]]
+  for i, (_, _, script) in enumerate(lines):
+    assert script == (
+        f'set -e; cd /home/me/mixmim_jax; if [ "$(git rev-parse HEAD)" != {SHA} ]; then '
+        f'echo "$(hostname): checkout is not at commit {SHA}" >&2; exit 1; fi; '
+        'mkdir -p "$HOME/mixmim/logs"; '
+        f"MIXMIM_COORDINATOR_ADDRESS=gpu-0:8476 MIXMIM_NUM_PROCESSES=2 MIXMIM_PROCESS_ID={i} "
+        "setsid nohup /home/me/mixmim_jax/.venv/bin/python -m mixmim_jax.main "
+        "--config=configs/base_pretrain.py --workdir=gs://my-bucket/run "
+        "--config.data.data_dir=gs://my-bucket/tfds --config.batch_size=1024 "
+        f'>> "$HOME/mixmim/logs/train-process-{i}.log" 2>&1 < /dev/null '
+        f'& echo $! > "$HOME/mixmim/logs/train-process-{i}.pid"')
+    subprocess.run(["bash", "-n", "-c", script], check=True)
+
+
+@pytest.mark.parametrize("argv,environ,message", [
+    ([], {}, "MIXMIM_HOSTS is not set"),
+    (["--hosts=a b"], {}, "MIXMIM_WORKDIR is not set"),
+    (["--hosts=a b", "--workdir=gs://my-bucket/x", "--port=99999"], {},
+     "coordinator port '99999' is not valid; expected a number from 1 to 65535."),
+    (["--hosts=a", "--workdir=gs://my-bucket/x", "--data-dir=/d", "--commit=abc"], {},
+     "commit 'abc' is not a full 40-hex-digit commit id."),
+    (["--bogus"], {}, "unknown argument '--bogus'"),
+])
+def test_gpu_multihost_bad_inputs(argv, environ, message):
+  out = gpu("--dry-run", *argv, **environ)
+  assert out.returncode == 2 and out.stdout == ""
+  assert out.stderr.startswith("error: ") and message in out.stderr
+
+
+def test_gpu_multihost_warns_on_unshared_workdir():
+  out = gpu("--dry-run", "--hosts=a b", "--workdir=/ckpt", "--data-dir=/d", f"--commit={SHA}")
+  assert out.returncode == 0
+  assert "warning: workdir '/ckpt' is not on GCS; all 2 hosts must see it" in out.stderr
+
+
+# --- shell scripts and docs -------------------------------------------------------------------
+
+def test_shellcheck_clean():
+  # .ci/run installs shellcheck; locally it is skipped when absent.
+  if shutil.which("shellcheck") is None:
+    pytest.skip("shellcheck not on PATH")
+  scripts = sorted(str(p) for p in (ROOT / "launch").glob("*.sh"))
+  assert scripts
+  out = subprocess.run(["shellcheck", "--severity=style", *scripts], capture_output=True,
+                       text=True)
+  assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_readme_cost_table_is_the_computed_one():
+  readme = (ROOT / "launch" / "README.md").read_text()
+  assert cost.table(["v4-32", "v5e-64"], cost.train_gflop_per_image(), 0.40) in readme
+  assert "python -m mixmim_jax.aot" in readme
+  assert f"{cost.train_gflop_per_image():.1f} GFLOP" in readme
+
+
+def test_cost_arithmetic():
+  dec = cost.decoder_fwd_gflop()
+  assert dec["blocks"] == pytest.approx(2 * 49 * 2 * 12 * 512 ** 2 * 8 / 1e9)
+  assert sum(dec.values()) == pytest.approx(5.371, abs=1e-3)
+  assert cost.train_gflop_per_image() == pytest.approx(3 * (32.7 + 5.371), abs=1e-2)
+  r = cost.estimate("v4-32", 114.2, 0.4)
+  assert r.seconds_per_epoch == pytest.approx(1_281_167 * 114.2e9 / (16 * 275e12 * 0.4))
