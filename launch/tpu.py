@@ -141,12 +141,17 @@ def make_code(args) -> tc.Code:
       raise LaunchError(msg + ". Commit them, or pass --allow-dirty.")
     print(f"warning: {msg}.", file=sys.stderr)
   reqs = subprocess.run(["git", "-C", repo, "show", f"{sha}:requirements.txt"],
-                        capture_output=True, text=True).stdout
-  m = re.search(r"^jax==([0-9][^\s;#]*)", reqs, re.M)
+                        capture_output=True, text=True)
+  if reqs.returncode != 0:
+    raise LaunchError(f"Commit {sha[:12]} has no requirements.txt; expected the pinned "
+                      "requirements there (the TPU workers install from it).")
+  m = re.search(r"^jax==([0-9][^\s;#]*)", reqs.stdout, re.M)
   if not m:
     raise LaunchError(f"requirements.txt at commit {sha[:12]} pins no jax version; expected "
                       "a line like jax==0.10.2 (the TPU workers install jax[tpu] at it).")
   staging = args.staging_dir or tempfile.gettempdir()
+  if not args.dry_run:
+    os.makedirs(staging, exist_ok=True)
   return tc.Code(repo, sha, m.group(1), staging, python=args.python)
 
 

@@ -173,6 +173,17 @@ def test_dirty_tree_is_refused_unless_allowed(env, capsys, repo, tmp_path):
   assert rc == 0 and err.startswith("warning: ") and cmds[0][-1] == sha
 
 
+def test_commit_must_pin_jax(env, capsys, repo, tmp_path):
+  r, _ = repo
+  (r / "requirements.txt").write_text("flax==0.12.8\n")
+  subprocess.run(["git", "-C", str(r), "-c", "user.name=t", "-c", "user.email=t@example.com",
+                  "commit", "-qam", "unpin"], check=True)
+  rc, _, err = dry_run(capsys, "setup", f"--repo={r}")
+  assert rc == 2 and "pins no jax version; expected a line like jax==0.10.2" in err
+  rc, _, err = dry_run(capsys, "setup", f"--repo={r}", "--commit=no-such-branch")
+  assert rc == 2 and "Commit 'no-such-branch' is not in the git repository" in err
+
+
 def test_start_carries_config_workdir_and_data_on_all_workers(env, capsys, repo):
   r, sha = repo
   rc, cmds, _ = dry_run(capsys, "start", f"--repo={r}", "--",
@@ -494,7 +505,7 @@ def test_watch_loop_recreates_and_resumes_with_the_same_commands(env, repo):
   # stop + setup + start, all at the commit resolved when watch began.
   args = type("A", (), {"repo": str(repo[0]), "commit": None, "allow_dirty": False,
                         "staging_dir": "/tmp", "python": "python3.11",
-                        "overrides": []})()
+                        "overrides": [], "dry_run": True})()
   code = tpu.make_code(args)
   job = tpu.make_job(type("A", (), {"overrides": []})(), s, watching=True)
   steps = tpu.action_commands(tw.RECREATE, s, code, job)
