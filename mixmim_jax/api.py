@@ -1,0 +1,77 @@
+"""The small public Python API (re-exported by `mixmim_jax`)."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from mixmim_jax import masking, objective
+from mixmim_jax.arch import ModelConfig
+from mixmim_jax.decoder import MixMIMPretrainModel
+from mixmim_jax.encoder import MixMIMClassifier, MixMIMEncoder
+
+
+def build_model(config: ModelConfig, kind: str = "classifier"):
+  """The Flax module for `kind`: "classifier" (logits; features if num_classes=0),
+  "encoder" (the same with no head) or "pretrain" (encoder + decoder)."""
+  if kind == "pretrain":
+    return MixMIMPretrainModel(config)
+  if kind == "encoder":
+    return MixMIMClassifier(config.replace(num_classes=0))
+  if kind == "classifier":
+    return MixMIMClassifier(config)
+  raise ValueError(f"unknown model kind {kind!r}; expected classifier, encoder or pretrain.")
+
+
+def _dummy_inputs(config: ModelConfig, kind: str):
+  images = jnp.zeros((1, config.img_size, config.img_size, config.in_chans), jnp.float32)
+  if kind == "pretrain":
+    return images, jnp.zeros((1, config.num_mask_cells), jnp.float32)
+  return (images,)
+
+
+def init_params(config: ModelConfig, kind: str = "classifier", seed: int | jax.Array = 0):
+  """Freshly initialised params for `kind`."""
+  key = jax.random.key(seed) if isinstance(seed, int) else seed
+  model = build_model(config, kind)
+  return jax.jit(model.init)(key, *_dummy_inputs(config, kind))["params"]
+
+
+def param_shapes(config: ModelConfig, kind: str = "classifier"):
+  model = build_model(config, kind)
+  return jax.eval_shape(model.init, jax.random.key(0), *_dummy_inputs(config, kind))["params"]
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def classify(config: ModelConfig, params: Mapping[str, Any], images: jax.Array) -> jax.Array:
+  """Logits (B, classes) for normalized NHWC images (B, H, W, 3)."""
+  return MixMIMClassifier(config).apply({"params": params}, images)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def encode(config: ModelConfig, params: Mapping[str, Any], images: jax.Array,
+           coarse_mask: jax.Array | None = None) -> jax.Array:
+  """Final-norm encoder tokens (B, L, 8C); `params` is the 'encoder' subtree."""
+  return MixMIMEncoder(config).apply({"params": params}, images, coarse_mask)
+
+
+def draw_mask(key: jax.Array, config: ModelConfig, num_groups: int = 1,
+              mask_ratio: float = 0.5, range_mask_ratio: float = 0.0) -> jax.Array:
+  """(num_groups, cells) coarse masks with exactly floor(cells * r) ones."""
+  return masking.draw_coarse_masks(key, num_groups, config.num_mask_cells, mask_ratio,
+                                   range_mask_ratio)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "norm_pix"))
+def pretrain_forward(config: ModelConfig, params: Mapping[str, Any], images: jax.Array,
+                     coarse_mask: jax.Array, norm_pix: bool = True) -> dict[str, jax.Array]:
+  """The pretraining forward for an explicit mask (G, cells); the batch is G groups.
+
+  Returns loss, the two decoder sequences (seq1, seq2: (B, cells, 32*32*3)), the
+  unmixed prediction and the target, all in patch layout (see objective.unpatchify)."""
+  seq1, seq2 = MixMIMPretrainModel(config).apply({"params": params}, images, coarse_mask)
+  target = objective.pixel_target(images, config.encoder_stride, norm_pix)
+  loss, pred = objective.reconstruction_loss(seq1, seq2, target, coarse_mask)
+  return dict(loss=loss, seq1=seq1, seq2=seq2, prediction=pred, target=target)

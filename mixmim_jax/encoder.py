@@ -1,0 +1,131 @@
+"""The hierarchical MixMIM encoder (a Swin-like transformer without shifted
+windows) and its linear classifier."""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixmim_jax import masking, tables
+from mixmim_jax.arch import NUM_STAGES, ModelConfig
+from mixmim_jax.layers import TransformerBlock, dense_init, layer_norm
+
+ENCODER_LN_EPS = 1e-5
+
+
+class PatchEmbed(nn.Module):
+  """A patch x patch convolution with equal stride, then LayerNorm; (B, L, C) out."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, images):
+    p = self.cfg.patch_size
+    # torch Conv2d's default init: U(+-1/sqrt(fan_in)).
+    x = nn.Conv(self.cfg.embed_dim, (p, p), strides=(p, p), padding="VALID",
+                dtype=self.cfg.dtype,
+                kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                name="proj")(images)
+    x = x.reshape(x.shape[0], -1, x.shape[-1])
+    return layer_norm(ENCODER_LN_EPS, self.cfg.dtype, "norm")(x)
+
+
+class PatchMerging(nn.Module):
+  """Concatenate each 2x2 neighbourhood (4C), LayerNorm, Linear(4C -> 2C, no bias).
+
+  Our channel order is kernel-major: [(r0,c0), (r0,c1), (r1,c0), (r1,c1)] blocks of
+  C channels each; it keeps channels minor, so it is a transpose of the two middle
+  axes only. Checkpoint conversion permutes mmpretrain's (channel-major, Unfold)
+  and the authors' (timm) orders into it.
+  """
+  resolution: int
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    b, _, c = x.shape
+    r = self.resolution // 2
+    x = x.reshape(b, r, 2, r, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, r * r, 4 * c)
+    x = layer_norm(ENCODER_LN_EPS, self.dtype, "norm")(x)
+    return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, kernel_init=dense_init,
+                    name="reduction")(x)
+
+
+class Stage(nn.Module):
+  """`depth` blocks at one resolution, then patch merging (except the last stage)."""
+  cfg: ModelConfig
+  index: int
+  drop_path_rates: tuple[float, ...]
+
+  @nn.compact
+  def __call__(self, x, token_mask=None, *, deterministic: bool = True):
+    cfg, s = self.cfg, self.index
+    res, window = cfg.stage_resolutions[s], cfg.effective_windows[s]
+    mask_bias = None
+    if token_mask is not None:
+      # One bias per stage, shared by its blocks: the mask is the same throughout.
+      win_mask = masking.window_partition_mask(token_mask, res, window)
+      mask_bias = masking.same_source_bias(win_mask, jnp.dtype(cfg.dtype))
+    block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if cfg.remat else TransformerBlock
+    for j, dpr in enumerate(self.drop_path_rates):
+      x = block_cls(num_heads=cfg.num_heads[s], mlp_ratio=cfg.mlp_ratio, window=window,
+                    resolution=res, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
+                    drop_path=dpr, ln_eps=ENCODER_LN_EPS, dtype=cfg.dtype,
+                    name=f"blocks_{j}")(x, mask_bias, deterministic)
+    if s < NUM_STAGES - 1:
+      x = PatchMerging(res, cfg.dtype, name="downsample")(x)
+    return x
+
+
+class MixMIMEncoder(nn.Module):
+  """Images (B, H, W, 3) -> final-norm tokens (B, (H/32)*(W/32), 8C).
+
+  With `coarse_mask` (G, L) the batch is treated as G groups that each share one
+  mask: tokens are mixed with the partner image right after the patch embedding
+  and every attention is restricted to keys of the same source image.
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, images, coarse_mask: Optional[jax.Array] = None, *,
+               train: bool = False):
+    cfg = self.cfg
+    if images.shape[1:3] != (cfg.img_size, cfg.img_size):
+      raise ValueError(f"images of size {images.shape[1:3]} given to a model built for "
+                       f"{cfg.img_size}x{cfg.img_size}.")
+    deterministic = not train
+    x = PatchEmbed(cfg, name="patch_embed")(images.astype(cfg.dtype))
+    grid = cfg.mask_grid
+    if coarse_mask is not None:
+      x = masking.mix(x, masking.upsample_mask(coarse_mask, grid, 2 ** (NUM_STAGES - 1)))
+    pos = tables.absolute_pos_embed(cfg.patch_grid, cfg.embed_dim, cfg.pos_embed)
+    x = x + jnp.asarray(pos, x.dtype)
+    x = nn.Dropout(cfg.drop_rate)(x, deterministic)
+    rates = np.linspace(0.0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+    start = 0
+    for s, depth in enumerate(cfg.depths):
+      token_mask = None
+      if coarse_mask is not None:
+        token_mask = masking.upsample_mask(coarse_mask, grid, 2 ** (NUM_STAGES - 1 - s))
+      x = Stage(cfg, s, tuple(rates[start:start + depth]), name=f"layers_{s}")(
+          x, token_mask, deterministic=deterministic)
+      start += depth
+    return layer_norm(ENCODER_LN_EPS, cfg.dtype, "norm")(x)
+
+
+class MixMIMClassifier(nn.Module):
+  """Encoder, mean over tokens, Linear(8C -> classes). Returns float32 logits
+  (or pooled features when num_classes == 0)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    x = MixMIMEncoder(self.cfg, name="encoder")(images, train=train)
+    x = x.mean(axis=1)
+    if self.cfg.num_classes == 0:
+      return x.astype(jnp.float32)
+    x = nn.Dense(self.cfg.num_classes, dtype=self.cfg.dtype,
+                 kernel_init=nn.initializers.truncated_normal(0.02), name="head")(x)
+    return x.astype(jnp.float32)

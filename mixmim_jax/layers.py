@@ -1,0 +1,140 @@
+"""Transformer building blocks shared by the MixMIM encoder and decoder.
+
+Every op works on arbitrary leading dimensions, so the encoder can run attention
+on (groups, images, windows, tokens, C) and the decoder on (groups, images, 2,
+tokens, C) with plain einsums: no per-window Python loops, no gathers.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mixmim_jax import tables
+
+Dtype = Any
+
+# Dense layers follow the references' pretraining init (xavier uniform, zero bias).
+dense_init = nn.initializers.xavier_uniform()
+
+
+def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
+  # Two-pass variance, as torch computes it: parity at 1e-4 needs it in deep stacks.
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, use_fast_variance=False, name=name)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drop the whole residual branch per sample (leading axis)."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class Mlp(nn.Module):
+  hidden: int
+  drop: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    dim = x.shape[-1]
+    x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=dense_init, name="fc1")(x)
+    x = nn.gelu(x, approximate=False)
+    x = nn.Dropout(self.drop)(x, deterministic)
+    x = nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name="fc2")(x)
+    return nn.Dropout(self.drop)(x, deterministic)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention over the second-to-last axis of (..., N, C).
+
+  With `window` set, a learned relative position bias table ((2W-1)**2, heads),
+  indexed as in Swin, is added to the logits. `bias` is an extra additive logit
+  term broadcastable to (..., heads, N, N) (the same-source mask in pretraining).
+  """
+  num_heads: int
+  window: Optional[int] = None
+  attn_drop: float = 0.0
+  proj_drop: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, bias=None, *, deterministic: bool):
+    *_, n, dim = x.shape
+    head_dim = dim // self.num_heads
+    qkv = nn.Dense(3 * dim, dtype=self.dtype, kernel_init=dense_init, name="qkv")(x)
+    qkv = qkv.reshape(*qkv.shape[:-1], 3, self.num_heads, head_dim)
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k)
+    if self.window is not None:
+      table = self.param("relative_position_bias_table",
+                         nn.initializers.truncated_normal(0.02),
+                         ((2 * self.window - 1) ** 2, self.num_heads))
+      index = tables.relative_position_index(self.window)
+      rel = jnp.take(table, index.reshape(-1), axis=0).reshape(n, n, self.num_heads)
+      logits = logits + rel.transpose(2, 0, 1).astype(logits.dtype)
+    if bias is not None:
+      logits = logits + bias.astype(logits.dtype)
+    # Softmax in float32 even under bfloat16 compute: the -1e30 mask and long rows.
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    weights = nn.Dropout(self.attn_drop)(weights, deterministic)
+    out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+    out = out.reshape(*out.shape[:-2], dim)
+    out = nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name="proj")(out)
+    return nn.Dropout(self.proj_drop)(out, deterministic)
+
+
+class TransformerBlock(nn.Module):
+  """Pre-norm block: x + Attn(LN(x)); x + MLP(LN(x)) on tokens (B, L, C).
+
+  With `window` and `resolution` set, attention runs inside non-overlapping
+  windows of the resolution x resolution token map (not shifted). `mask_bias`
+  (G, nW, N, N) restricts each query to keys of its own source image; the B
+  images are split into G groups that each share one mask.
+  """
+  num_heads: int
+  mlp_ratio: float = 4.0
+  window: Optional[int] = None
+  resolution: Optional[int] = None
+  drop: float = 0.0
+  attn_drop: float = 0.0
+  drop_path: float = 0.0
+  ln_eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask_bias=None, deterministic: bool = True):
+    dim = x.shape[-1]
+    h = layer_norm(self.ln_eps, self.dtype, "ln1")(x)
+    attn = Attention(self.num_heads, self.window, self.attn_drop, self.drop,
+                     self.dtype, name="attn")
+    if self.window is None:
+      h = attn(h, mask_bias, deterministic=deterministic)
+    else:
+      n = self.resolution // self.window
+      windows = einops.rearrange(h, "b (nh wh nw ww) c -> b (nh nw) (wh ww) c",
+                                 nh=n, nw=n, wh=self.window, ww=self.window)
+      bias = None
+      if mask_bias is not None:
+        groups = mask_bias.shape[0]
+        windows = windows.reshape(groups, -1, *windows.shape[1:])
+        bias = mask_bias[:, None, :, None]        # (G, 1, nW, 1, N, N)
+      windows = attn(windows, bias, deterministic=deterministic)
+      windows = windows.reshape(-1, *windows.shape[-3:])
+      h = einops.rearrange(windows, "b (nh nw) (wh ww) c -> b (nh wh nw ww) c",
+                           nh=n, nw=n, wh=self.window, ww=self.window)
+    x = x + DropPath(self.drop_path)(h, deterministic)
+    h = layer_norm(self.ln_eps, self.dtype, "ln2")(x)
+    h = Mlp(int(dim * self.mlp_ratio), self.drop, self.dtype, name="ffn")(h, deterministic)
+    return x + DropPath(self.drop_path)(h, deterministic)
