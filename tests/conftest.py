@@ -1,0 +1,13 @@
+"""Test setup: 8 fake CPU devices so sharding is exercised on every run.
+
+Must run before JAX initialises its backends, hence module-level and first."""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402  pylint: disable=wrong-import-position
+
+jax.config.update("jax_default_matmul_precision", "highest")

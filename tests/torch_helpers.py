@@ -1,0 +1,93 @@
+"""Shared helpers for tests that run the PyTorch reference (mmpretrain 1.2.0)."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from mixmim_jax import tables
+from mixmim_jax.arch import ModelConfig
+
+FIXED = ("absolute_pos_embed", "decoder_pos_embed", "relative_position_index")
+
+
+def randomize_(model: torch.nn.Module, seed: int, pos_layout: str | None = "row_col",
+               cfg: ModelConfig | None = None) -> None:
+  """Fill every trained tensor with random values of a sensible scale, so that
+  every parameter (norm scales and biases included) influences the output."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if any(f in name for f in FIXED):
+        continue
+      if name.endswith("relative_position_bias_table") or name.endswith("mask_token"):
+        scale, base = 0.5, 0.0
+      elif p.ndim == 1 and ("ln" in name or "norm" in name) and name.endswith("weight"):
+        scale, base = 0.2, 1.0
+      elif p.ndim == 1:
+        scale, base = 0.05, 0.0
+      else:
+        scale, base = (1.0 / p[0].numel()) ** 0.5, 0.0
+      p.copy_(base + scale * torch.randn(p.shape, generator=gen))
+    if pos_layout is not None and cfg is not None:
+      table = tables.sincos_2d(cfg.patch_grid, cfg.embed_dim, pos_layout)
+      for name, buf in list(model.named_parameters()) + list(model.named_buffers()):
+        if name.endswith("backbone.absolute_pos_embed"):
+          buf.copy_(torch.from_numpy(table)[None])
+
+
+def numpy_state_dict(model: torch.nn.Module) -> dict[str, np.ndarray]:
+  return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+@contextlib.contextmanager
+def fixed_mask(coarse: np.ndarray):
+  """Make the reference's `random_masking` choose exactly the cells of `coarse`
+  (1-D, 0/1): its noise is argsorted and the first floor(n*r) cells are masked,
+  so noise that puts the masked cells first (in any order) reproduces the mask.
+  Requires floor(n * mask_ratio) == coarse.sum()."""
+  noise = torch.from_numpy(np.where(coarse > 0, 0.0, 1.0).astype(np.float32))
+  noise = noise + torch.linspace(0, 0.5, noise.numel())
+  real_rand = torch.rand
+
+  def fake_rand(*shape, **kwargs):
+    return noise.reshape(shape).to(kwargs.get("device") or "cpu")
+
+  torch.rand = fake_rand
+  try:
+    yield
+  finally:
+    torch.rand = real_rand
+
+
+def merge_permutation_empirical(channels: int) -> np.ndarray:
+  """P with timm_concat[i] = unfold[P[i]] for a 2x2 patch merge, measured by running
+  both orderings on a tensor of distinct values (independent of our converter)."""
+  x = torch.arange(channels * 4, dtype=torch.float32).reshape(1, channels, 2, 2)
+  unfold = torch.nn.functional.unfold(x, kernel_size=2, stride=2)[0, :, 0]
+  nhwc = x.permute(0, 2, 3, 1)
+  timm = torch.cat([nhwc[:, 0::2, 0::2], nhwc[:, 1::2, 0::2], nhwc[:, 0::2, 1::2],
+                    nhwc[:, 1::2, 1::2]], -1).reshape(-1)
+  lookup = {float(v): i for i, v in enumerate(unfold)}
+  return np.array([lookup[float(v)] for v in timm])
+
+
+def to_official_state_dict(sd: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
+  """Rewrite an mmpretrain MixMIM state dict in the authors' (Sense-X) key names and
+  timm patch-merging order, so a model that computes the same function results."""
+  out = {}
+  for key, value in sd.items():
+    k = key
+    for a, b in (("backbone.", ""), ("neck.decoder_blocks", "decoder_blocks"),
+                 ("neck.ln1.", "decoder_norm."), ("neck.", ""),
+                 ("patch_embed.projection", "patch_embed.proj"), (".ln1.", ".norm1."),
+                 (".ln2.", ".norm2."), ("ffn.layers.0.0", "mlp.fc1"), ("ffn.layers.1", "mlp.fc2"),
+                 ("head.fc.", "head.")):
+      k = k.replace(a, b)
+    if ".downsample." in k:
+      stage = int(k.split(".")[1])
+      perm = merge_permutation_empirical(cfg.stage_dims[stage])
+      value = value[..., perm] if k.endswith("reduction.weight") else value[perm]
+    out[k] = value
+  return out
