@@ -1,0 +1,46 @@
+"""A small MixMIM pretrained on Fashion-MNIST on a CPU in minutes (the README's run).
+
+  python -m mixmim_jax.main --config=configs/fashion_mnist_pretrain.py --workdir=/tmp/mixmim-fmnist
+
+Needs the Debian package dataset-fashion-mnist (60,000 28x28 grey training images).
+The mask lives on the input/stride grid with stride = patch x 8; a 28-px image
+upsampled to 64 px with the usual patch 4 would leave a 2x2 grid (4 cells, 2
+masked), too coarse to learn from. Patch 2 makes the stride 16 and the grid
+4x4 = 16 cells (8 masked), like a 7x7 grid at 224 px but cheaper: stage maps
+32, 16, 8, 4 with windows 8, 8, 8, 4. Expected (2 CPU cores): the norm-pix loss
+falls from about 1.0 to about 0.55 in 2 epochs... see README for measured figures.
+"""
+from mixmim_jax.train_config import pretrain_defaults
+
+
+def get_config(arg: str = ""):
+  c = pretrain_defaults()
+  c.arch = "base"
+  c.model.embed_dim = 32
+  c.model.depths = (1, 1, 2, 1)
+  c.model.num_heads = (1, 2, 4, 8)
+  c.model.window_sizes = (8, 8, 8, 4)
+  c.model.patch_size = 2
+  c.model.decoder_dim = 128
+  c.model.decoder_depth = 2
+  c.model.decoder_heads = 4
+
+  c.data.source = "fashion_mnist"
+  c.data.image_size = 64
+  c.data.mean = (72.94,) * 3          # Fashion-MNIST pixel mean / std on 0-255
+  c.data.std = (90.02,) * 3
+  c.data.cache = True
+
+  c.batch_size = 64
+  c.num_epochs = 1.0
+  c.warmup_epochs = 0.1
+  c.optim.base_lr = 1.5e-4 * 8        # small models and batches like a larger lr
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 200
+  c.image_every_steps = 200
+  if arg == "runlocal":               # a few steps, for tests
+    c.num_train_steps = 4
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 2
+    c.image_every_steps = 4
+  return c

@@ -1,0 +1,73 @@
+"""All device placement lives here: the mesh, parameter partitioning rules and
+the batch layout. Model code has no device logic.
+
+Batch: the leading axis is split over ('data', 'fsdp'), contiguous per device,
+so each device's images form whole mask groups and MixMIM's pairs never cross
+devices. Parameters: with fsdp > 1 each large tensor is split over 'fsdp' on
+its largest divisible axis; with model > 1 the MLP and qkv kernels are split
+over 'model' (Megatron-style: output dim of fc1/qkv, input dim of fc2/proj).
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mixmim_jax.train_config import MESH_AXES, mesh_shape
+
+BATCH_AXES = ("data", "fsdp")
+# Tensors smaller than this stay replicated under FSDP: gathering them costs more
+# latency than their memory is worth.
+FSDP_MIN_SIZE = 2 ** 14
+_MODEL_OUT = ("qkv", "fc1")
+_MODEL_IN = ("proj", "fc2")
+
+
+def make_mesh(mesh_config, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  sizes = mesh_shape(mesh_config, len(devices))
+  shape = tuple(sizes[a] for a in MESH_AXES)
+  try:
+    grid = mesh_utils.create_device_mesh(shape, devices)
+  except Exception:  # pylint: disable=broad-except
+    # Fake CPU devices and odd shapes: fall back to device order.
+    grid = np.asarray(devices).reshape(shape)
+  # Auto axes: let XLA propagate shardings (jax.make_mesh defaults to Explicit).
+  return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def param_spec(path: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh) -> P:
+  """PartitionSpec for one parameter (or optimizer moment) of `shape`."""
+  fsdp, model = mesh.shape["fsdp"], mesh.shape["model"]
+  spec = [None] * len(shape)
+  module = path[-2] if len(path) >= 2 else ""
+  if model > 1 and len(shape) == 2 and path[-1] == "kernel":
+    axis = 1 if module in _MODEL_OUT else 0 if module in _MODEL_IN else None
+    if axis is not None and shape[axis] % model == 0:
+      spec[axis] = "model"
+  if fsdp > 1 and int(np.prod(shape)) >= FSDP_MIN_SIZE:
+    free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % fsdp == 0]
+    if free:
+      spec[max(free, key=lambda i: shape[i])] = "fsdp"
+  return P(*spec)
+
+
+def tree_shardings(tree, mesh: Mesh):
+  """NamedShardings for a pytree of arrays / ShapeDtypeStructs (params or optimizer
+  state, whose moments mirror the params and get the same rule)."""
+  def one(path, leaf):
+    keys = tuple(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
+    shape = tuple(getattr(leaf, "shape", ()))
+    if not shape:
+      return replicated(mesh)
+    return NamedSharding(mesh, param_spec(keys, shape, mesh))
+  return jax.tree_util.tree_map_with_path(one, tree)

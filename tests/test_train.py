@@ -1,0 +1,140 @@
+"""The sharded train step, resume, configs and the trainer's errors (8 fake devices)."""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixmim_jax import sharding, train, train_config
+from mixmim_jax.train_step import compile_train_step
+import train_fixtures as tf_
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tf_.write_idx_images(str(tmp_path_factory.mktemp("fmnist")))
+
+
+def _step_on(devices, mesh_cfg, config, images):
+  mesh = sharding.make_mesh(mesh_cfg, devices)
+  plan = train_config.make_plan(config, num_examples=1000, num_devices=len(devices))
+  fns = compile_train_step(plan, config, mesh)
+  state = fns.init(jax.random.key(0))
+  batch = jax.device_put(images, fns.batch_sharding)
+  state, metrics = fns.step(state, batch, jax.random.key(1))
+  return jax.device_get(state.params), jax.device_get(metrics), fns, plan
+
+
+def test_sharded_step_equals_single_device(data_dir):
+  """data=4 x fsdp=2 gives the loss and params of one device (same mask groups)."""
+  config = tf_.tiny_config(data_dir, group_size=4, batch_size=32)
+  images = np.random.default_rng(0).standard_normal((32, 32, 32, 3)).astype(np.float32)
+  config.mesh.update(dict(data=4, fsdp=2, model=1))
+  sharded_params, sharded_metrics, _, plan8 = _step_on(jax.devices(), config.mesh, config, images)
+  config.mesh.update(dict(data=1, fsdp=1, model=1))
+  single_params, single_metrics, _, plan1 = _step_on(jax.devices()[:1], config.mesh, config,
+                                                     images)
+  assert plan8.num_groups == plan1.num_groups == 8
+  np.testing.assert_allclose(sharded_metrics["loss"], single_metrics["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(sharded_params), jax.tree.leaves(single_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_model_axis_step_equals_single_device(data_dir):
+  config = tf_.tiny_config(data_dir, group_size=4, batch_size=16)
+  images = np.random.default_rng(1).standard_normal((16, 32, 32, 3)).astype(np.float32)
+  config.mesh.update(dict(data=4, fsdp=1, model=2))
+  p8, m8, _, _ = _step_on(jax.devices(), config.mesh, config, images)
+  config.mesh.update(dict(data=1, fsdp=1, model=1))
+  p1, m1, _, _ = _step_on(jax.devices()[:1], config.mesh, config, images)
+  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_data_parallel_step_moves_no_activations(data_dir):
+  """Pairs are formed on each device: the compiled data-parallel step holds only
+  gradient all-reduces, no all-to-all / collective-permute / all-gather."""
+  config = tf_.tiny_config(data_dir, batch_size=16)
+  config.mesh.update(dict(data=8, fsdp=1, model=1))
+  mesh = sharding.make_mesh(config.mesh)
+  plan = train_config.make_plan(config, num_examples=1000, num_devices=8)
+  fns = compile_train_step(plan, config, mesh)
+  images = jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.float32, sharding=fns.batch_sharding)
+  hlo = fns.step.lower(fns.abstract_state_sharded(), images, jax.random.key(0)).compile().as_text()
+  for op in ("all-to-all", "collective-permute", "all-gather"):
+    assert op not in hlo, f"{op} found in the data-parallel step"
+  reduces = re.findall(r"all-reduce(?:-start)?\(", hlo)
+  assert reduces, "no gradient all-reduce in the data-parallel step"
+
+
+def test_resume_equals_uninterrupted(tmp_path, data_dir):
+  config = tf_.tiny_config(data_dir, num_train_steps=4)
+  full = train.train(config, str(tmp_path / "full"))
+  part = train.train(config, str(tmp_path / "resumed"), stop_after=2)
+  assert part["final_step"] == 2
+  resumed = train.train(config, str(tmp_path / "resumed"))
+  assert resumed["final_step"] == 4
+  assert {k: v for k, v in full["history"].items() if k > 2} == resumed["history"]
+  assert {k: v for k, v in full["history"].items() if k <= 2} == part["history"]
+  for a, b in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(resumed["state"].params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _load_config_module(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))),
+                         ids=os.path.basename)
+def test_every_config_compiles_one_step(path, data_dir):
+  """Each shipped config loads, and one step of it compiles and runs at a tiny size
+  on 8 devices with its own dtype, remat and mesh choices (fsdp kept if it fits)."""
+  config = _load_config_module(path).get_config()
+  assert config.batch_size > 0 and config.data.image_size % 32 == 0
+  tiny = tf_.tiny_config(data_dir)
+  for key in ("model.embed_dim", "model.depths", "model.num_heads", "model.window_sizes",
+              "model.patch_size", "model.decoder_dim", "model.decoder_depth",
+              "model.decoder_heads", "data"):
+    parent, _, leaf = key.rpartition(".")
+    (config[parent] if parent else config)[leaf] = (tiny[parent] if parent else tiny)[leaf]
+  config.batch_size, config.num_train_steps = 16, 1
+  config.mesh.data = -1
+  images = np.random.default_rng(0).standard_normal((16, 32, 32, 3)).astype(np.float32)
+  _, metrics, _, _ = _step_on(jax.devices(), config.mesh, config, images)
+  assert np.isfinite(metrics["loss"])
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(batch_size=20), "not divisible by the data-parallel size 8"),
+    (dict(batch_size=24), "is odd"),
+    (dict(**{"mesh.data": 3, "mesh.fsdp": -1}), "do not divide the device count"),
+    (dict(**{"mesh.data": 2, "mesh.fsdp": 2}), "4 devices but 8 are available"),
+    (dict(group_size=6, batch_size=64), "group_size=6"),
+])
+def test_plan_errors(changes, message, data_dir):
+  config = tf_.tiny_config(data_dir, **changes)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    train_config.make_plan(config, num_examples=1000, num_devices=8)
+
+
+def test_image_size_error(data_dir):
+  with pytest.raises(ValueError, match="image_size=48"):
+    train.train(tf_.tiny_config(data_dir, **{"data.image_size": 48}), "/tmp/unused-mixmim")
+
+
+def test_missing_dataset_names_where_it_looked(tmp_path, data_dir):
+  config = tf_.tiny_config(str(tmp_path / "nowhere"))
+  with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere"))):
+    train.train(config, str(tmp_path / "wd"))
