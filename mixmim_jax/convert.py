@@ -111,8 +111,11 @@ def main(argv=None) -> int:
 
   if not args.dst.endswith(TORCH_SUFFIXES):
     raise SystemExit(f"exporting needs a .pth or .pt destination, got {args.dst!r}.")
-  loaded = load_params(args.src)
-  out = export_state_dict(loaded.config, loaded.kind, loaded.params, args.format)
+  try:
+    loaded = load_params(args.src)
+    out = export_state_dict(loaded.config, loaded.kind, loaded.params, args.format)
+  except (FileNotFoundError, ValueError) as e:   # CheckpointMismatch is a ValueError
+    raise SystemExit(f"{args.src}: {e}") from e
   _torch().save(out, args.dst)
   print(f"{args.src}: {loaded.kind} -> {args.format} state dict with "
         f"{len(next(iter(out.values())))} entries -> {args.dst}")

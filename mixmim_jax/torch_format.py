@@ -172,12 +172,18 @@ def _pos_layout(table: np.ndarray, grid: int, dim: int) -> str:
       "sin-cos tables (row/col or col/row order) nor zero; it cannot be recomputed.")
 
 
+def _need(sd: Mapping[str, np.ndarray], key: str) -> np.ndarray:
+  if key not in sd:
+    raise CheckpointMismatch(f"checkpoint lacks '{key}', which the arch is read from.")
+  return sd[key]
+
+
 def infer_config(sd: Mapping[str, np.ndarray], fmt: str, **overrides) -> tuple[ModelConfig, str]:
   """(ModelConfig, kind) read off the tensors' shapes. Decoder heads are not
   visible in the tensors: 16 (both references) unless overridden."""
   n, e = _NAMES[fmt], _NAMES[fmt]["enc"]
   kind = detect_kind(sd, fmt)
-  proj = sd[f"{e}{n['patch_proj']}.weight"]
+  proj = _need(sd, f"{e}{n['patch_proj']}.weight")
   embed_dim, in_chans, patch = proj.shape[0], proj.shape[1], proj.shape[2]
   depths, heads, windows = [], [], []
   for s in range(NUM_STAGES):
@@ -187,7 +193,7 @@ def infer_config(sd: Mapping[str, np.ndarray], fmt: str, **overrides) -> tuple[M
       raise CheckpointMismatch(f"checkpoint has no blocks for stage {s} "
                                f"(keys '{e}layers.{s}.blocks.*').")
     depths.append(max(ids) + 1)
-    table = sd[f"{e}layers.{s}.blocks.0.attn.relative_position_bias_table"]
+    table = _need(sd, f"{e}layers.{s}.blocks.0.attn.relative_position_bias_table")
     heads.append(table.shape[1])
     windows.append((int(round(math.sqrt(table.shape[0]))) + 1) // 2)
   pos_key = f"{e}absolute_pos_embed"
@@ -195,7 +201,7 @@ def infer_config(sd: Mapping[str, np.ndarray], fmt: str, **overrides) -> tuple[M
     raise CheckpointMismatch(f"checkpoint lacks '{pos_key}', which gives the image size.")
   num_patches = sd[pos_key].shape[-2]
   grid = int(round(math.sqrt(num_patches)))
-  fc1 = sd[f"{e}layers.0.blocks.0.{n['fc1']}.weight"]
+  fc1 = _need(sd, f"{e}layers.0.blocks.0.{n['fc1']}.weight")
   fields: dict[str, Any] = dict(
       embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(heads),
       window_sizes=tuple(windows), img_size=grid * patch, patch_size=patch,
@@ -284,12 +290,16 @@ def state_dict_to_flax(sd: Mapping[str, np.ndarray], fmt: str, cfg: ModelConfig,
     if tkey not in remaining:
       missing.append(tkey)
       continue
-    value = _to_flax(np.asarray(remaining.pop(tkey), np.float32), transform, extra)
+    raw = np.asarray(remaining.pop(tkey), np.float32)
     if expected_shapes is not None:
-      want = tuple(_get(expected_shapes, path).shape)
-      if tuple(value.shape) != want:
-        wrong.append(f"{tkey}: {tuple(value.shape)} vs model {want}")
-    _set(params, path, value)
+      # Compare in the checkpoint's layout, before any channel permutation.
+      want = _expected_torch_shape(tuple(_get(expected_shapes, path).shape), transform)
+      if transform == "token":
+        want = (1, 1) + want
+      if tuple(raw.shape) != want and not (transform == "token" and raw.size == np.prod(want)):
+        wrong.append(f"{tkey}: {tuple(raw.shape)} vs model {want}")
+        continue
+    _set(params, path, _to_flax(raw, transform, extra))
   for key, table in {**_fixed_tables(cfg, fmt, kind), **_relative_index_keys(cfg, fmt)}.items():
     if key in remaining:
       got = remaining.pop(key)
