@@ -131,6 +131,20 @@ def test_crop_window_sampler_is_a_function_of_the_key():
   assert a == b
 
 
+def test_jpeg_view_equals_whole_decode_then_crop():
+  # Pillow decodes the whole JPEG before cropping; so must we, to the bit.
+  rng = np.random.default_rng(2)
+  smooth = tf.image.resize(rng.integers(0, 256, (1, 30, 40, 3)).astype(np.float32), [90, 120])
+  encoded = tf.io.encode_jpeg(tf.cast(smooth[0], tf.uint8), quality=90)
+  pixels = tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
+  c = data.default_config()
+  c.image_size = 32
+  for s in range(5):
+    key = tf.constant([s, 7], tf.int64)
+    np.testing.assert_array_equal(augment.pretrain_view(encoded, key, "encoded", c),
+                                  augment.pretrain_view(pixels, key, "pixels", c))
+
+
 # --- IDX files ----------------------------------------------------------------
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -157,3 +171,164 @@ def test_real_fashion_mnist_files():
   assert 70 < train.mean() < 75  # Fashion-MNIST's known mean pixel, 72.94
   path = fashion_mnist.images_path(REAL_FASHION_MNIST, "test")
   assert fashion_mnist.read_idx_shape(path) == (10000, 28, 28)
+
+
+# --- the pipeline on Fashion-MNIST-format files --------------------------------
+
+def test_shapes_dtype_and_normalization(idx_dir):
+  it = data.pretrain_batches(_idx_config(idx_dir), local_batch_size=8, seed=0)
+  batch = next(it)
+  assert set(batch) == {"image"}
+  image = batch["image"]
+  assert image.shape == (8, 32, 32, 3) and image.dtype == np.float32
+  # A constant grey image stays constant through crop, resize and flip, so each
+  # channel is exactly (v - mean_c) / std_c for an integer v in 0..39.
+  pixels = _pixels(image)
+  np.testing.assert_allclose(pixels, np.round(pixels), atol=1e-3)
+  assert (np.round(pixels) >= 0).all() and (np.round(pixels) <= 39).all()
+  assert (np.ptp(np.round(pixels), axis=-1) == 0).all()  # grey -> equal RGB
+
+
+def test_normalization_statistics_on_noise(tmp_path):
+  # Uniform noise images: the normalized batch must hold exactly the values
+  # (v - mean) / std on the integer grid, with v spanning most of 0..255.
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (16, 28, 28), dtype=np.uint8)
+  _write_idx(tmp_path / "train-images-idx3-ubyte", images, compress=False)  # plain, not gz
+  it = data.pretrain_batches(_idx_config(str(tmp_path)), local_batch_size=16, seed=0)
+  pixels = _pixels(next(it)["image"])
+  np.testing.assert_allclose(pixels, np.round(pixels), atol=1e-3)
+  assert pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
+  # Bicubic upsampling of uniform noise keeps the mean (127.5) and shrinks spread.
+  assert abs(pixels.mean() - 127.5) < 5
+  assert 20 < pixels.std() < 74
+
+
+def test_epoch_is_a_permutation_and_seeds_differ(idx_dir):
+  c = _idx_config(idx_dir)
+  ids = np.concatenate([_example_ids(b) for b in
+                        _take(data.pretrain_batches(c, local_batch_size=8, seed=0), 5)])
+  assert sorted(ids) == list(range(40))
+  ids1 = np.concatenate([_example_ids(b) for b in
+                         _take(data.pretrain_batches(c, local_batch_size=8, seed=1), 5)])
+  assert not np.array_equal(ids, ids1)
+
+
+def test_same_seed_same_batches_whatever_the_parallelism(idx_dir):
+  a = _take(data.pretrain_batches(_idx_config(idx_dir), local_batch_size=8, seed=5), 7)
+  b = _take(data.pretrain_batches(_idx_config(idx_dir, num_parallel_calls=1, prefetch=1),
+                                  local_batch_size=8, seed=5), 7)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  c = _take(data.pretrain_batches(_idx_config(idx_dir), local_batch_size=8, seed=6), 1)
+  assert not np.array_equal(a[0], c[0])
+
+
+def test_start_step_resumes_exactly(idx_dir):
+  c = _idx_config(idx_dir)
+  fresh = _take(data.pretrain_batches(c, local_batch_size=8, seed=2), 8)
+  # 40 examples / 8 = 5 steps per epoch: resume mid-epoch and run across the
+  # epoch boundary.
+  resumed = _take(data.pretrain_batches(c, local_batch_size=8, seed=2, start_step=3), 5)
+  for x, y in zip(fresh[3:], resumed):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_processes_read_disjoint_shards_covering_the_set(idx_dir):
+  c = _idx_config(idx_dir)
+  seen = []
+  for p in range(2):
+    it = data.pretrain_batches(c, local_batch_size=4, seed=0, process_index=p, process_count=2)
+    seen.append(np.concatenate([_example_ids(b) for b in _take(it, 5)]))  # one epoch
+  assert len(set(seen[0])) == 20 and len(set(seen[1])) == 20
+  assert not set(seen[0]) & set(seen[1])
+  assert set(seen[0]) | set(seen[1]) == set(range(40))
+
+
+# --- an image folder with a corrupt file ----------------------------------------
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  """root/train/{a,b}/: 15 small PNG and JPEG images and one corrupt .jpg."""
+  root = tmp_path_factory.mktemp("folder")
+  rng = np.random.default_rng(0)
+  for i in range(15):
+    d = root / "train" / "ab"[i % 2]
+    d.mkdir(parents=True, exist_ok=True)
+    image = tf.constant(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8))
+    if i % 3:
+      (d / f"{i:02d}.png").write_bytes(tf.io.encode_png(image).numpy())
+    else:
+      (d / f"{i:02d}.jpg").write_bytes(tf.io.encode_jpeg(image).numpy())
+  (root / "train" / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+  return str(root)
+
+
+def _folder_config(root, **overrides):
+  c = data.default_config()
+  c.source, c.folder, c.image_size = "folder", root, 32
+  c.update(overrides)
+  return c
+
+
+def test_corrupt_file_is_skipped_counted_and_logged_once(folder, caplog):
+  info = data.describe(_folder_config(folder))
+  assert info.num_examples == 16 and info.source == "folder"
+  it = data.pretrain_batches(_folder_config(folder), local_batch_size=4, seed=0)
+  with caplog.at_level(logging.WARNING):
+    epoch = _take(it, 4)  # 16 files / 4: every file is needed once per epoch
+    assert it.skipped == 1
+    epoch2 = _take(it, 4)
+  assert it.skipped == 2
+  assert all(b.shape == (4, 32, 32, 3) for b in epoch + epoch2)
+  warnings = [r.getMessage() for r in caplog.records if "broken.jpg" in r.getMessage()]
+  assert len(warnings) == 1
+
+
+def test_corrupt_file_keeps_determinism_and_resume(folder):
+  c = _folder_config(folder)
+  fresh = _take(data.pretrain_batches(c, local_batch_size=4, seed=3), 6)
+  again = _take(data.pretrain_batches(_folder_config(folder, cache=True),
+                                      local_batch_size=4, seed=3), 6)
+  resumed = _take(data.pretrain_batches(c, local_batch_size=4, seed=3, start_step=2), 4)
+  for x, y in zip(fresh, again):
+    np.testing.assert_array_equal(x, y)
+  for x, y in zip(fresh[2:], resumed):
+    np.testing.assert_array_equal(x, y)
+
+
+# --- TFDS -----------------------------------------------------------------------
+
+def test_tfds_source_on_mock_data():
+  import tensorflow_datasets as tfds
+
+  c = data.default_config()
+  c.name, c.image_size = "mnist", 32
+  with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+    info = data.describe(c)
+    a = _take(data.pretrain_batches(c, local_batch_size=4, seed=0), 5)
+    b = _take(data.pretrain_batches(c, local_batch_size=4, seed=0, start_step=3), 2)
+  assert info.num_examples == 16 and info.source == "tfds"
+  assert all(x.shape == (4, 32, 32, 3) and x.dtype == np.float32 for x in a)
+  pixels = _pixels(np.stack(a))
+  np.testing.assert_allclose(pixels, np.round(pixels), atol=1e-3)
+  np.testing.assert_array_equal(a[3], b[0])
+  np.testing.assert_array_equal(a[4], b[1])
+
+
+def test_tfds_imagenet2012_jpegs_on_mock_data():
+  import tensorflow_datasets as tfds
+
+  c = data.default_config()  # imagenet2012, the real recipe's source
+  c.image_size = 32
+  with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+    it = data.pretrain_batches(c, local_batch_size=4, seed=0, process_index=1, process_count=2)
+    batch = next(it)["image"]
+  assert batch.shape == (4, 32, 32, 3) and it.skipped == 0
+
+
+def test_partial_jpeg_decode_option(folder):
+  it = data.pretrain_batches(_folder_config(folder, partial_jpeg_decode=True),
+                             local_batch_size=4, seed=0)
+  assert all(b.shape == (4, 32, 32, 3) for b in _take(it, 4))
+  assert it.skipped == 1

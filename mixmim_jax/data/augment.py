@@ -61,19 +61,26 @@ def sample_crop_window(key, height, width, scale, ratio, attempts=ATTEMPTS):
   return crop_window_from_uniforms(u, height, width, scale, ratio)
 
 
-def _decode_and_crop(encoded, key, scale, ratio):
-  """Decodes only the crop of a JPEG (the costly common case); other formats
-  (PNG, GIF, BMP) are decoded whole and then cropped. A corrupt file raises here,
-  and the pipeline drops and counts it."""
+def _decode_and_crop(encoded, key, scale, ratio, partial_jpeg):
+  """Decodes an image file and crops it. A corrupt file raises here, and the
+  pipeline drops and counts it.
+
+  JPEGs are decoded with libjpeg's islow DCT (INTEGER_ACCURATE), as Pillow does,
+  so whole-image decoding gives Pillow's pixels. `partial_jpeg` decodes only the
+  crop instead: faster, but libjpeg then upsamples chroma without the columns
+  beside the crop, and its edge columns differ by up to ~30 levels.
+  """
 
   def jpeg():
+    if not partial_jpeg:
+      image = tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
+      return _crop(image, key, scale, ratio)
     shape = tf.image.extract_jpeg_shape(encoded)
     top, left, ch, cw = sample_crop_window(key, shape[0], shape[1], scale, ratio)
-    # INTEGER_ACCURATE is libjpeg's islow DCT, the one Pillow uses.
     return tf.image.decode_and_crop_jpeg(
         encoded, tf.stack([top, left, ch, cw]), channels=3, dct_method="INTEGER_ACCURATE")
 
-  def other():
+  def other():  # PNG, GIF (first frame), BMP; grey and 16-bit become uint8 RGB
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     return _crop(image, key, scale, ratio)
 
@@ -99,7 +106,7 @@ def pretrain_view(payload, key, kind, cfg):
     crop = _crop(payload, crop_key, scale, ratio)
   else:
     encoded = tf.io.read_file(payload) if kind == "path" else payload
-    crop = _decode_and_crop(encoded, crop_key, scale, ratio)
+    crop = _decode_and_crop(encoded, crop_key, scale, ratio, cfg.partial_jpeg_decode)
   size = cfg.image_size
   image = tf.image.resize(crop, [size, size], method=config_lib.INTERPOLATIONS[cfg.interpolation],
                           antialias=True)
