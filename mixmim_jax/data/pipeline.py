@@ -73,6 +73,8 @@ def _dataset(config, source, batch_size, seed, start_step):
     return tf.data.Dataset.zip(images, tf.data.Dataset.from_tensors(meta))
 
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(windows)
+  # Each batch already decodes its images in parallel; a second batch in flight
+  # keeps the cores busy while the first waits for its slowest image.
   concurrent = 1 if config.num_parallel_calls == 1 else 2
   ds = ds.interleave(lambda *w: batch(*w), cycle_length=concurrent, block_length=1,
                      num_parallel_calls=concurrent, deterministic=True)
