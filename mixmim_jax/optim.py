@@ -13,13 +13,16 @@ from mixmim_jax.arch import ModelConfig
 
 def warmup_cosine(lr: float, total_steps: int, warmup_steps: int,
                   start_factor: float = 1e-4, end_lr: float = 0.0):
-  """mmengine's LinearLR (start_factor -> 1 over the warmup iterations) followed
-  by CosineAnnealingLR down to end_lr over the rest, per iteration."""
+  """mmengine's LinearLR followed by CosineAnnealingLR, per iteration.
+
+  LinearLR(begin=0, end=W) reaches the full lr at iteration W - 1 (mmengine counts
+  end - begin - 1 iterations of change); the cosine then starts at iteration W at
+  the full lr and would reach end_lr at `total_steps`."""
   decay_steps = max(total_steps - warmup_steps, 1)
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
-    warm = lr * (start_factor + (1.0 - start_factor) * step / max(warmup_steps, 1))
+    warm = lr * (start_factor + (1.0 - start_factor) * step / max(warmup_steps - 1, 1))
     t = jnp.clip(step - warmup_steps, 0, decay_steps) / decay_steps
     cos = end_lr + (lr - end_lr) * 0.5 * (1.0 + jnp.cos(math.pi * t))
     return jnp.where(step < warmup_steps, warm, cos)

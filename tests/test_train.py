@@ -138,3 +138,34 @@ def test_missing_dataset_names_where_it_looked(tmp_path, data_dir):
   config = tf_.tiny_config(str(tmp_path / "nowhere"))
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere"))):
     train.train(config, str(tmp_path / "wd"))
+
+
+def test_two_processes_agree_with_one(data_dir, tmp_path):
+  """Two local processes (4 CPU devices each, gloo) train two steps and match one
+  process with 8 devices: the same mesh, losses and parameters."""
+  import json  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  worker = os.path.join(REPO, "tests", "multiprocess_worker.py")
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+
+  def launch(pid, nproc, ndev):
+    return subprocess.Popen([sys.executable, worker, str(pid), str(nproc), port, str(ndev),
+                             data_dir], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+
+  def result(proc):
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+  pair = [launch(0, 2, 4), launch(1, 2, 4)]
+  two = [result(p) for p in pair]
+  one = result(launch(0, 1, 8))
+  assert two[0] == two[1]
+  np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=1e-5)
+  np.testing.assert_allclose(two[0]["sums"], one["sums"], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,33 @@
+# One command each: `make run` (set up, then pretrain a small MixMIM on Fashion-MNIST
+# on this CPU) and `make test` (set up, then the whole test suite). Both install
+# what they need: Debian packages when run as root (or with sudo), and a virtual
+# environment with the pinned requirements.
+PYTHON ?= python3
+VENV ?= $(HOME)/.venvs/mixmim_jax
+WORKDIR ?= runs/fashion_mnist
+PY := $(VENV)/bin/python
+APT_PACKAGES := dataset-fashion-mnist shellcheck
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test setup setup-test system-packages
+
+run: setup
+	$(PY) -m mixmim_jax.main --config=configs/fashion_mnist_pretrain.py --workdir=$(WORKDIR)
+
+test: setup-test
+	$(PY) -m pytest -q
+
+system-packages:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+setup: system-packages $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+
+setup-test: system-packages $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt

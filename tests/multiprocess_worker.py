@@ -1,0 +1,46 @@
+"""Runs two train steps of a tiny config as one process of a local multi-process
+JAX run (CPU, gloo collectives); prints the losses and a params checksum as JSON.
+
+  python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT DEVICES_PER_PROCESS DATA_DIR
+"""
+import json
+import os
+import sys
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax  # noqa: E402
+
+pid, nproc, port, ndev, data_dir = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
+                                    int(sys.argv[4]), sys.argv[5])
+jax.config.update("jax_num_cpu_devices", ndev)
+if nproc > 1:
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc,
+                             process_id=pid)
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_fixtures  # noqa: E402
+from mixmim_jax import sharding, train_config  # noqa: E402
+from mixmim_jax.train_step import compile_train_step  # noqa: E402
+
+config = train_fixtures.tiny_config(data_dir, group_size=2, batch_size=32)
+config.mesh.update(dict(data=-1, fsdp=2, model=1))
+mesh = sharding.make_mesh(config.mesh)
+plan = train_config.make_plan(config, num_examples=1000, num_devices=jax.device_count())
+fns = compile_train_step(plan, config, mesh)
+state = fns.init(jax.random.key(0))
+rng = np.random.default_rng(0)
+losses = []
+for step in range(2):
+  global_batch = rng.standard_normal((32, 32, 32, 3)).astype(np.float32)
+  per_process = 32 // nproc
+  local = global_batch[pid * per_process:(pid + 1) * per_process]
+  images = jax.make_array_from_process_local_data(fns.batch_sharding, local)
+  state, metrics = fns.step(state, images, jax.random.key(1))
+  losses.append(float(metrics["loss"]))
+# Every leaf reduced to a replicated scalar, so each process can read it.
+sums = jax.jit(lambda p: [x.sum() for x in
+                          jax.tree.leaves(p)], out_shardings=sharding.replicated(mesh))(
+    state.params)
+print(json.dumps(dict(losses=losses, sums=[float(s) for s in sums])), flush=True)
