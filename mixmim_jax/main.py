@@ -41,6 +41,32 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize()   # multi-host Cloud TPU: everything comes from the VM
 
 
+def _check_config_overrides(argv) -> None:
+  """Name an unknown --config.KEY in one sentence (config_flags alone raises a
+  bare AttributeError from deep inside flag parsing)."""
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if not path or not overrides:
+    return
+  file_path, _, arg = path.partition(":")
+  if not os.path.exists(file_path):
+    raise SystemExit(f"config file {file_path!r} does not exist.")
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("_mixmim_config", file_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  for key in overrides:
+    node = config
+    for i, part in enumerate(key.split(".")):
+      if not hasattr(node, "keys") or part not in node.keys():
+        known = sorted(node.keys()) if hasattr(node, "keys") else []
+        where = ".".join(key.split(".")[:i]) or "the config"
+        raise SystemExit(f"unknown config key {key!r} in --config.{key}: {where} has no "
+                         f"{part!r}; known keys there: {', '.join(known)}.")
+      node = node[part]
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -71,4 +97,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  _check_config_overrides(sys.argv[1:])
   app.run(main)

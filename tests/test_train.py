@@ -169,3 +169,11 @@ def test_two_processes_agree_with_one(data_dir, tmp_path):
   assert two[0] == two[1]
   np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=1e-5)
   np.testing.assert_allclose(two[0]["sums"], one["sums"], rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_config_key_is_named():
+  from mixmim_jax import main  # pylint: disable=import-outside-toplevel
+  config = os.path.join(REPO, "configs", "fashion_mnist_pretrain.py")
+  with pytest.raises(SystemExit, match=r"unknown config key 'optim\.lrr'.*base_lr"):
+    main._check_config_overrides([f"--config={config}", "--config.optim.lrr=1"])  # pylint: disable=protected-access
+  main._check_config_overrides([f"--config={config}", "--config.optim.base_lr=1"])  # pylint: disable=protected-access
