@@ -97,6 +97,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
   history: dict[int, float] = {}
   scalars: dict[str, float] = {}
   last_log_time, last_log_step, data_wait = time.perf_counter(), start, 0.0
+  loss_sum = 0.0      # on device: summed without waiting for each step
   step = start
   for step in range(start, plan.total_steps):
     t0 = time.perf_counter()
@@ -104,6 +105,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     data_wait += time.perf_counter() - t0
     images = jax.make_array_from_process_local_data(fns.batch_sharding, batch)
     state, step_metrics = fns.step(state, images, step_key)
+    loss_sum = loss_sum + step_metrics["loss"]
     done = step + 1
     is_last = done == plan.total_steps
     stop = (preemption.requested or ckpt.reached_preemption(done)
@@ -112,9 +114,11 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
 
     if save or is_last or done % config.log_every_steps == 0:
       scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      n = done - last_log_step
+      # The logged loss is the mean since the last log; a NaN anywhere shows in it.
+      scalars["loss"] = float(loss_sum) / n
       _check_finite(done, scalars, workdir)
       now = time.perf_counter()
-      n = done - last_log_step
       scalars.update(step_time=(now - last_log_time) / n, data_wait=data_wait / n,
                      images_per_sec=n * config.batch_size / (now - last_log_time),
                      skipped_images=float(batches.skipped))
@@ -122,7 +126,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
       writer.write(done, scalars)
       if is_main:
         print(metrics.progress_line(done, plan.total_steps, scalars), flush=True)
-      last_log_time, last_log_step, data_wait = time.perf_counter(), done, 0.0
+      last_log_time, last_log_step, data_wait, loss_sum = time.perf_counter(), done, 0.0, 0.0
 
     if config.image_every_steps and (done % config.image_every_steps == 0 or is_last):
       _write_pictures(config, plan, state.params, batch, step_key, done, workdir, is_main)

@@ -183,3 +183,30 @@ def test_unknown_config_key_is_named():
   with pytest.raises(SystemExit, match=r"unknown config key 'optim\.lrr'.*base_lr"):
     main._check_config_overrides([f"--config={config}", "--config.optim.lrr=1"])  # pylint: disable=protected-access
   main._check_config_overrides([f"--config={config}", "--config.optim.base_lr=1"])  # pylint: disable=protected-access
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+  """A NaN batch at step 3 stops the run naming step 3; the step-2 checkpoint
+  stays the latest and still restores."""
+  from mixmim_jax import checkpointing, data  # pylint: disable=import-outside-toplevel
+  real = data.pretrain_batches
+
+  class Poisoned:
+    def __init__(self, *args, **kwargs):
+      self._it = real(*args, **kwargs)
+      self._start = kwargs["start_step"]
+      self.skipped = 0
+
+    def __next__(self):
+      batch = next(self._it)
+      self._start += 1
+      if self._start == 3:
+        batch = dict(image=np.full_like(batch["image"], np.nan))
+      return batch
+
+  monkeypatch.setattr(data, "pretrain_batches", Poisoned)
+  config = tf_.tiny_config(data_dir, num_train_steps=4)
+  with pytest.raises(train.NonFiniteLoss, match="at step 3"):
+    train.train(config, str(tmp_path))
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+  assert ckpt.latest_step() == 2
