@@ -1,0 +1,204 @@
+"""What a compiled XLA program costs: FLOPs, memory, collective bytes, and the
+peak figures of the chips it may run on. Used by `benchmark.py` and `aot.py`.
+
+Collectives are read from the optimized HLO text (`compiled.as_text()`): every
+instruction whose opcode is a collective (or the `-start` half of its async
+form) is counted once, with the bytes of its operands and of its result.
+The count is static: an op inside a loop body (e.g. gradient accumulation under
+`lax.scan`) is counted once, not once per iteration. TPU's compiler writes a
+reduce-scatter as an `all-reduce-scatter` fusion (an all-reduce followed by a
+slice, run as one collective); the all-reduce inside such a fusion is counted as
+a reduce-scatter whose result is the fusion's output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
+               "collective-permute")
+
+# Bytes per element of the HLO primitive types that can appear in a training step.
+DTYPE_BYTES = {
+    "pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "s32": 4,
+    "u32": 4, "s64": 8, "u64": 8, "f16": 2, "bf16": 2, "f32": 4, "f64": 8, "c64": 8,
+    "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3b11fnuz": 1, "f8e4m3fnuz": 1,
+    "f8e5m2fnuz": 1, "token": 0,
+}
+_SHAPE = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+# "%name = SHAPE opcode(" where SHAPE may be a (nested) tuple; opcode may be async.
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\((.*)\)\s*->\s*(.*?)\s*\{\s*$")
+_PARAM = re.compile(r"([\w.\-]+):\s*((?:\([^)]*\))|[a-z][a-z0-9]*\[[0-9,]*\](?:\{[^}]*\})?)")
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\((.*)$")
+
+
+def shape_bytes(text: str) -> int:
+  """Total bytes of every array shape written in `text` (e.g. '(f32[2,3], bf16[4])')."""
+  total = 0.0
+  for dtype, dims in _SHAPE.findall(text):
+    if dtype not in DTYPE_BYTES:
+      continue
+    n = 1
+    for d in filter(None, dims.split(",")):
+      n *= int(d)
+    total += n * DTYPE_BYTES[dtype]
+  return int(total)
+
+
+def _operands(rest: str) -> list[str]:
+  """The operands between an opcode's '(' (already consumed) and its matching ')',
+  split at top-level commas."""
+  depth, start, out = 1, 0, []
+  for i, ch in enumerate(rest):
+    if ch in "({[":
+      depth += 1
+    elif ch in ")}]":
+      depth -= 1
+      if depth == 0:
+        out.append(rest[start:i])
+        break
+    elif ch == "," and depth == 1:
+      out.append(rest[start:i])
+      start = i + 1
+  return [o.strip() for o in out if o.strip()]
+
+
+def _operand_bytes(operand: str, shapes: dict, computation: str) -> int:
+  """An operand is printed as 'f32[2,3]{1,0} %x' or just '%x' (then its shape is
+  the result shape of the instruction, or computation parameter, named x)."""
+  if _SHAPE.search(operand):
+    return shape_bytes(operand)
+  name = operand.split("*/")[-1].strip().lstrip("%")
+  if (computation, name) not in shapes:
+    raise ValueError(f"HLO operand {operand!r} of computation {computation!r} has no "
+                     "known shape; the HLO text format may have changed.")
+  return shape_bytes(shapes[(computation, name)])
+
+
+@dataclasses.dataclass
+class CollectiveStats:
+  count: int = 0
+  operand_bytes: int = 0   # what each device sends in (all-reduce: the buffer reduced)
+  result_bytes: int = 0    # what each device holds after (all-gather: the gathered tensor)
+
+
+def collective_stats(hlo_text: str) -> dict[str, CollectiveStats]:
+  """Per collective kind: static op count and per-device operand / result bytes."""
+  stats = {k: CollectiveStats() for k in COLLECTIVES}
+  parsed = []          # (instruction match, header match of its computation)
+  shapes = {}          # (computation, name) -> result shape; names repeat across computations
+  header, comp = None, ""
+  for line in hlo_text.splitlines():
+    h = _COMPUTATION.match(line)
+    if h:
+      header, comp = h, h.group(1)
+      for pname, pshape in _PARAM.findall(h.group(2)):
+        shapes[(comp, pname)] = pshape
+      continue
+    m = _INSTR.match(line)
+    if m:
+      parsed.append((m, header))
+      shapes[(comp, m.group(1))] = m.group(2)
+  for m, header in parsed:
+    _, result_shape, opcode, rest = m.groups()
+    kind = opcode[:-len("-start")] if opcode.endswith("-start") else opcode
+    if kind not in stats:
+      continue
+    comp = header.group(1) if header is not None else ""
+    if kind == "all-reduce" and comp.startswith("all-reduce-scatter"):
+      kind, result_shape, opcode = "reduce-scatter", header.group(3), kind
+    operand_bytes = sum(_operand_bytes(o, shapes, comp) for o in _operands(rest))
+    s = stats[kind]
+    s.count += 1
+    s.operand_bytes += operand_bytes
+    if opcode.endswith("-start") and kind != "all-reduce":
+      # all-gather-start etc. return (operands, results[, scratch]): the result
+      # bytes are the tuple less the operands. all-reduce-start returns the result.
+      s.result_bytes += max(shape_bytes(result_shape) - operand_bytes, 0)
+    else:
+      s.result_bytes += shape_bytes(result_shape)
+  return stats
+
+
+def cost_flops(compiled) -> float | None:
+  """FLOPs per device from XLA's cost analysis (a dict, or a list of one dict per
+  program in older JAX); None where the backend gives none."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    return None
+  return float(cost["flops"])
+
+
+def memory_bytes(compiled) -> dict[str, int] | None:
+  """Per-device sizes from `compiled.memory_analysis()`; `total` is what the
+  program needs resident at its peak: arguments + outputs + temporaries, less the
+  outputs that reuse donated argument buffers (aliases)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if m is None:
+    return None
+  fields = dict(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
+                temp=m.temp_size_in_bytes, alias=m.alias_size_in_bytes,
+                generated_code=m.generated_code_size_in_bytes)
+  fields = {k: int(v) for k, v in fields.items()}
+  fields["total"] = fields["argument"] + fields["output"] + fields["temp"] - fields["alias"]
+  return fields
+
+
+# ------------------------------------------------------------------ chips
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  hbm_gib: float
+  peak_bf16: float               # dense FLOP/s per chip (per device JAX shows)
+  peak_fp32: float | None        # None: no native float32 matmul rate published
+
+
+# Vendor figures, dense (no sparsity). TPU v4 and v5p devices are whole chips
+# (megacore). XLA runs float32 matmuls on TPU as bf16 passes, so TPUs have no
+# float32 peak here; on NVIDIA chips the float32 figure is TF32 tensor-core rate,
+# which XLA uses for float32 dots by default.
+CHIPS = {
+    "v4": Chip("TPU v4", 32, 275e12, None),
+    "v5e": Chip("TPU v5e", 16, 197e12, None),
+    "v5p": Chip("TPU v5p", 95, 459e12, None),
+    "v6e": Chip("TPU v6e", 32, 918e12, None),
+    "a100": Chip("NVIDIA A100", 80, 312e12, 156e12),
+    "h100": Chip("NVIDIA H100 SXM", 80, 989e12, 495e12),
+    "h200": Chip("NVIDIA H200", 141, 989e12, 495e12),
+}
+# device_kind strings as JAX reports them -> CHIPS key (first match wins).
+_KINDS = (("tpu v5 lite", "v5e"), ("tpu v5e", "v5e"), ("tpu v6 lite", "v6e"),
+          ("tpu v6e", "v6e"), ("tpu v5p", "v5p"), ("tpu v5", "v5p"), ("tpu v4", "v4"),
+          ("a100", "a100"), ("h100", "h100"), ("h200", "h200"))
+
+
+def chip_for(device_kind: str) -> str | None:
+  kind = device_kind.lower()
+  for needle, key in _KINDS:
+    if needle in kind:
+      return key
+  return None
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+  """Peak FLOP/s of one device for matmuls in `dtype` ('bfloat16' / 'float32')."""
+  key = chip_for(device_kind)
+  if key is None:
+    return None
+  chip = CHIPS[key]
+  if dtype in ("bfloat16", "float16") or key in ("v4", "v5e", "v5p", "v6e"):
+    return chip.peak_bf16
+  return chip.peak_fp32
+
+
+def as_dict(stats: dict[str, CollectiveStats]) -> dict[str, dict[str, Any]]:
+  return {k: dataclasses.asdict(v) for k, v in stats.items()}

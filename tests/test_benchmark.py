@@ -1,0 +1,90 @@
+"""The step and input benchmarks run end to end on a tiny model and report sane numbers."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from mixmim_jax import benchmark, config_cli, hlo_stats
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = os.path.join(REPO, "configs", "base_pretrain.py")
+
+
+def test_step_benchmark_json(tmp_path):
+  """Two timed steps of JAX (on 2 of the 8 fake devices) and of mmpretrain,
+  alternating. The tiny arch at 32 px (patch 4: mmpretrain's masking assumes it)."""
+  out = tmp_path / "bench.json"
+  benchmark.main([f"--config={BASE}", "--arch=tiny", "--image-size=32", "--batch=4",
+                  "--num-devices=2", "--steps=2", "--warmup=1", "--rounds=2",
+                  "--matmul-size=128", "--reference", f"--json={out}"])
+  r = json.loads(out.read_text())
+  assert r["kind"] == "train_step" and r["backend"] == "cpu" and r["num_devices"] == 2
+  assert r["batch"] == 4 and r["image_size"] == 32 and r["dtype"] == "float32"
+  assert r["model"]["embed_dim"] == 32 and r["model"]["decoder_depth"] == 1
+  assert r["step"]["n"] == 2 and 0 < r["step"]["min_s"] <= r["step"]["median_s"] <= \
+      r["step"]["max_s"]
+  assert r["images_per_s"] == pytest.approx(4 / r["step"]["median_s"])
+  assert r["compile_s"] > 0 and r["lower_s"] > 0
+  # XLA's count covers forward, backward and AdamW: more than 3 x 2 x params per image.
+  assert r["flops_per_step"] > 6 * r["num_params"] * 4
+  assert r["flops_per_step"] == pytest.approx(2 * r["flops_per_step_per_device"])
+  assert r["flops_per_s_per_device"] > 0 and "mfu" not in r   # no MFU on a CPU
+  assert r["memory"]["peak_bytes_per_device"] > 0
+  assert r["matmul"]["size"] == 128 and r["matmul"]["flops_per_s"] > 0
+  assert r["step_vs_matmul_flops"] > 0
+  ref = r["reference"]
+  assert ref["step"]["n"] == 2 and ref["threads"] == r["host_threads"]
+  # Same model: the trained parameters agree exactly.
+  assert ref["num_params"] == r["num_params"]
+  assert r["jax_over_torch_step_time"] == pytest.approx(
+      r["step"]["median_s"] / ref["step"]["median_s"])
+  assert len(r["round_ratios"]) == 2
+  for loss in (r["loss"], ref["loss"]):
+    assert 0.1 < loss < 10          # norm-pix MSE of random images is about 1
+  assert benchmark.report_lines(r)[-2].startswith("JAX / PyTorch step time:")
+
+
+def test_input_benchmark_on_synthetic_jpegs(tmp_path):
+  out = tmp_path / "input.json"
+  benchmark.main([f"--config={BASE}", "--input-only", "--synthetic-jpegs=8", "--batch=4",
+                  "--steps=2", "--warmup=1", "--image-size=32",
+                  "--config.data.num_parallel_calls=2", f"--json={out}"])
+  r = json.loads(out.read_text())
+  assert r["kind"] == "input_pipeline" and r["source"] == "folder"
+  assert r["num_examples"] == 8 and r["batch"] == 4
+  assert r["images_per_s"] > 0
+  assert r["images_per_s_per_core"] == pytest.approx(r["images_per_s"] / r["host_threads"])
+
+
+def test_synthetic_jpegs_are_imagenet_sized(tmp_path):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  root = benchmark.write_synthetic_jpegs(str(tmp_path), 3)
+  files = sorted(p for p, _, names in os.walk(os.path.join(root, "train")) for _ in names)
+  assert len(files) == 3
+  name = os.listdir(files[0])[0]
+  with Image.open(os.path.join(files[0], name)) as im:
+    assert im.size == (500, 375) and im.format == "JPEG"
+
+
+def test_overrides_name_the_bad_key():
+  config = config_cli.load_config(BASE)
+  config_cli.apply_overrides(config, ["--config.model.remat=True", "--config.mesh.fsdp=2"])
+  assert config.model.remat is True and config.mesh.fsdp == 2
+  with pytest.raises(ValueError, match="no key 'nope'"):
+    config_cli.apply_overrides(config, ["--config.model.nope=1"])
+  with pytest.raises(FileNotFoundError, match="no file"):
+    config_cli.load_config("configs/missing.py")
+
+
+def test_peak_table_matches_launch_table():
+  """One set of TPU peaks: the launcher's cost table and the benchmark's MFU agree."""
+  from launch import accelerators  # pylint: disable=import-outside-toplevel
+  for gen, g in accelerators.GENERATIONS.items():
+    assert hlo_stats.CHIPS[gen].peak_bf16 == g.peak_bf16_tflops * 1e12
+  assert hlo_stats.chip_for("TPU v5 lite") == "v5e"
+  assert hlo_stats.chip_for("TPU v5") == "v5p"
+  assert hlo_stats.chip_for("NVIDIA H200") == "h200"
+  assert hlo_stats.peak_flops("TPU v4", "float32") == 275e12
+  assert hlo_stats.peak_flops("cpu", "float32") is None
