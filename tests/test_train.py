@@ -210,3 +210,37 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monke
     train.train(config, str(tmp_path))
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
   assert ckpt.latest_step() == 2
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+def test_gradient_accumulation_averages_micro_batches(data_dir, num_devices):
+  """grad_accum_steps=2: the update uses the mean gradient of two micro-batches,
+  micro-batch k holding the k-th half of every device's images, each with its own
+  masks and dropout key, exactly as computed here by hand."""
+  import optax  # pylint: disable=import-outside-toplevel
+  from mixmim_jax import masking, train_step  # pylint: disable=import-outside-toplevel
+  config = tf_.tiny_config(data_dir, batch_size=32, grad_accum_steps=2)
+  config.mesh.update(dict(data=num_devices, fsdp=1, model=1))
+  images = np.random.default_rng(3).standard_normal((32, 32, 32, 3)).astype(np.float32)
+  params, metrics, fns, plan = _step_on(jax.devices()[:num_devices], config.mesh, config, images)
+
+  state = jax.device_get(fns.init(jax.random.key(0)))
+  step_key = jax.random.fold_in(jax.random.key(1), 0)
+  per_device, micro = 32 // num_devices, 32 // num_devices // 2
+  losses, grads = [], []
+  for k in range(2):
+    batch = np.concatenate([images[j * per_device + k * micro:j * per_device + (k + 1) * micro]
+                            for j in range(num_devices)])
+    mask_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, k))
+    masks = masking.draw_coarse_masks(mask_key, plan.num_groups, plan.model.num_mask_cells,
+                                      config.mask_ratio, config.range_mask_ratio)
+    loss, grad = jax.value_and_grad(train_step.loss_fn)(state.params, batch, masks, dropout_key,
+                                                          plan, config.norm_pix)
+    losses.append(loss)
+    grads.append(grad)
+  mean_grad = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+  updates, _ = fns.tx.update(mean_grad, state.opt_state, state.params)
+  expected = optax.apply_updates(state.params, updates)
+  np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
