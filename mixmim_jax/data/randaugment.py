@@ -1,0 +1,182 @@
+"""RandAugment ("timm_increasing", 2 ops, magnitude 9, std 0.5) and RandomErasing
+as tf.data ops on one uint8-valued float32 image [H, W, 3], stateless.
+
+The same ops, ranges and probabilities as mmpretrain 1.2.0's RandAugment with
+`policies='timm_increasing'` (which follows timm): two ops drawn with
+replacement from 15; each op then runs with probability 0.5; its magnitude is
+N(9, 0.5) clipped to [0, 10] and mapped linearly onto the op's range; signed
+ops flip the sign with probability 0.5. The formulas are mmcv's (auto-contrast,
+PIL-style equalize, posterize, solarize(-add), blends with grey / zero / a
+3x3 smoothed image, affine warps about the centre). One difference: the warps
+(rotate, shear, translate) sample bilinearly, as tf.raw_ops offers no bicubic
+warp; mmpretrain's config asks for bicubic there.
+"""
+import math
+
+from mixmim_jax.data._tf import tf
+from mixmim_jax.data import seeds
+
+# (name, magnitude at level 0, magnitude at level 10, signed)
+OPS = (
+    ("auto_contrast", None, None, False), ("equalize", None, None, False),
+    ("invert", None, None, False), ("rotate", 0.0, 30.0, True),
+    ("posterize", 4.0, 0.0, False), ("solarize", 256.0, 0.0, False),
+    ("solarize_add", 0.0, 110.0, False), ("color", 0.0, 0.9, True),
+    ("contrast", 0.0, 0.9, True), ("brightness", 0.0, 0.9, True),
+    ("sharpness", 0.0, 0.9, True), ("shear_x", 0.0, 0.3, True),
+    ("shear_y", 0.0, 0.3, True), ("translate_x", 0.0, 0.45, True),
+    ("translate_y", 0.0, 0.45, True),
+)
+OP_NAMES = tuple(op[0] for op in OPS)
+
+
+def _grey(img):
+  # cv2's BGR2GRAY weights on RGB, rounded like its uint8 output.
+  return tf.round(tf.reduce_sum(img * tf.constant([0.299, 0.587, 0.114]), -1, keepdims=True))
+
+
+def _blend(img, other, factor):
+  # cv2.addWeighted then astype(uint8): clip, truncate.
+  return tf.floor(tf.clip_by_value(other + factor * (img - other), 0.0, 255.0))
+
+
+def auto_contrast(img):
+  # PIL's / mmcv's lookup table, x * scale + offset in double, then truncated.
+  x = tf.cast(img, tf.float64)
+  lo = tf.reduce_min(x, axis=[0, 1], keepdims=True)
+  hi = tf.reduce_max(x, axis=[0, 1], keepdims=True)
+  scale = 255.0 / tf.maximum(hi - lo, 1.0)
+  scaled = tf.floor(tf.clip_by_value(x * scale - lo * scale, 0, 255))
+  return tf.cast(tf.where(hi > lo, scaled, x), tf.float32)
+
+
+def _equalize_channel(ch):
+  v = tf.cast(ch, tf.int32)
+  hist = tf.math.bincount(tf.reshape(v, [-1]), minlength=256, maxlength=256)
+  last = hist[tf.reduce_max(v)]                # count of the highest value present
+  step = (tf.reduce_sum(hist) - last) // 255
+  lut = (tf.cumsum(hist) + step // 2) // tf.maximum(step, 1)
+  lut = tf.minimum(tf.concat([[0], lut[:-1]], 0), 255)
+  return tf.where(step > 0, tf.cast(tf.gather(lut, v), tf.float32), ch)
+
+
+def equalize(img):
+  return tf.stack([_equalize_channel(img[..., c]) for c in range(3)], axis=-1)
+
+
+def posterize(img, bits):
+  shift = 8 - tf.cast(tf.math.ceil(bits), tf.int32)
+  v = tf.cast(img, tf.int32)
+  return tf.cast(tf.bitwise.left_shift(tf.bitwise.right_shift(v, shift), shift), tf.float32)
+
+
+def sharpness(img, factor):
+  kernel = tf.constant([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13.0
+  kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+  padded = tf.pad(img[None], [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+  smooth = tf.round(tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")[0])
+  return _blend(img, smooth, factor)
+
+
+def warp(img, matrix, fill):
+  """Affine warp; `matrix` [a0, a1, a2, b0, b1, b2] maps output (x, y) to input,
+  outside pixels take the per-channel `fill`."""
+  h, w = tf.shape(img)[0], tf.shape(img)[1]
+  transform = tf.concat([tf.cast(matrix, tf.float32), tf.zeros([2])], 0)[None]
+  # One fill value per call only: warp a ones-channel too, and composite.
+  stacked = tf.concat([img, tf.ones_like(img[..., :1])], -1)[None]
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=stacked, transforms=transform, output_shape=tf.stack([h, w]),
+      fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+  inside = out[..., 3:]
+  return tf.round(out[..., :3] + (1.0 - inside) * tf.constant(fill, tf.float32))
+
+
+def _rotate_matrix(img, degrees):
+  h, w = tf.cast(tf.shape(img)[0], tf.float32), tf.cast(tf.shape(img)[1], tf.float32)
+  cx, cy = (w - 1) / 2, (h - 1) / 2
+  a = degrees * math.pi / 180
+  c, s = tf.cos(a), tf.sin(a)
+  return tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy])
+
+
+def apply_op(index, img, magnitude, fill):
+  """Op number `index` of OPS with its (already signed) magnitude."""
+  h, w = tf.cast(tf.shape(img)[0], tf.float32), tf.cast(tf.shape(img)[1], tf.float32)
+  z, one = tf.constant(0.0), tf.constant(1.0)
+  m = magnitude
+  branches = [
+      lambda: auto_contrast(img),
+      lambda: equalize(img),
+      lambda: 255.0 - img,
+      lambda: warp(img, _rotate_matrix(img, m), fill),
+      lambda: posterize(img, m),
+      lambda: tf.where(img < m, img, 255.0 - img),
+      lambda: tf.where(img < 128.0, tf.minimum(img + m, 255.0), img),
+      lambda: _blend(img, _grey(img), 1.0 + m),
+      lambda: _blend(img, tf.round(tf.reduce_mean(_grey(img))), 1.0 + m),
+      lambda: _blend(img, tf.zeros_like(img), 1.0 + m),
+      lambda: sharpness(img, 1.0 + m),
+      lambda: warp(img, tf.stack([one, -m, z, z, one, z]), fill),
+      lambda: warp(img, tf.stack([one, z, z, -m, one, z]), fill),
+      lambda: warp(img, tf.stack([one, z, -m * w, z, one, z]), fill),
+      lambda: warp(img, tf.stack([one, z, z, z, one, -m * h]), fill),
+  ]
+  return tf.switch_case(tf.cast(index, tf.int32), branches)
+
+
+def op_magnitude(index, level, sign_u):
+  """Magnitude of op `index` at `level` in [0, 10]; negative when sign_u < 0.5."""
+  lo = tf.constant([op[1] or 0.0 for op in OPS])
+  hi = tf.constant([op[2] or 0.0 for op in OPS])
+  signed = tf.constant([op[3] for op in OPS])
+  value = level / 10.0 * (tf.gather(hi, index) - tf.gather(lo, index)) + tf.gather(lo, index)
+  return tf.where(tf.gather(signed, index) & (sign_u < 0.5), -value, value)
+
+
+def rand_augment(img, key, num_ops=2, magnitude=9.0, magnitude_std=0.5, prob=0.5,
+                 fill=(124, 116, 104)):
+  """`num_ops` ops drawn with replacement, each applied with probability `prob`.
+  `fill` (the recipe's rounded mean) pads the warps."""
+  keys = tf.random.experimental.stateless_split(key, num_ops, alg=seeds.ALG)
+  for k in range(num_ops):
+    pick_key, u_key, level_key = tf.unstack(
+        tf.random.experimental.stateless_split(keys[k], 3, alg=seeds.ALG))
+    index = tf.random.stateless_uniform([], pick_key, 0, len(OPS), tf.int32, alg=seeds.ALG)
+    run_u, sign_u = tf.unstack(tf.random.stateless_uniform([2], u_key, alg=seeds.ALG))
+    level = magnitude
+    if magnitude_std > 0:
+      level = tf.clip_by_value(
+          magnitude + magnitude_std * tf.random.stateless_normal([], level_key, alg=seeds.ALG),
+          0.0, 10.0)
+    m = op_magnitude(index, level, sign_u)
+    img = tf.cond(run_u < prob, lambda i=img, j=index, mm=m: apply_op(j, i, mm, fill),
+                  lambda i=img: i)
+  return img
+
+
+def random_erasing(img, key, prob=0.25, min_area=0.02, max_area=1 / 3,
+                   aspect=(0.3, 1 / 0.3), mean=(123.675, 116.28, 103.53),
+                   std=(58.395, 57.12, 57.375)):
+  """mmpretrain's RandomErasing(mode='rand'): with probability `prob` one box of
+  area fraction U(min, max) and log-uniform aspect is filled with N(mean, std)
+  noise per pixel, truncated to integers and clipped to 0..255."""
+  keys = tf.unstack(tf.random.experimental.stateless_split(key, 3, alg=seeds.ALG))
+  u = tf.random.stateless_uniform([5], keys[0], dtype=tf.float64, alg=seeds.ALG)
+  h, w = tf.shape(img)[0], tf.shape(img)[1]
+  hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
+  ratio = tf.exp(math.log(aspect[0]) + u[1] * (math.log(aspect[1]) - math.log(aspect[0])))
+  area = hf * wf * (min_area + u[2] * (max_area - min_area))
+  eh = tf.minimum(tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32), h)
+  ew = tf.minimum(tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32), w)
+  top = tf.cast(tf.floor(u[3] * tf.cast(h - eh, tf.float64)), tf.int32)
+  left = tf.cast(tf.floor(u[4] * tf.cast(w - ew, tf.float64)), tf.int32)
+  noise = tf.random.stateless_normal(tf.shape(img), keys[1], alg=seeds.ALG)
+  noise = tf.clip_by_value(tf.cast(tf.cast(noise * tf.constant(std, tf.float32)
+                                           + tf.constant(mean, tf.float32), tf.int32),
+                                   tf.float32), 0.0, 255.0)
+  rows = tf.range(h)[:, None, None]
+  cols = tf.range(w)[None, :, None]
+  box = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
+  erased = tf.where(box, noise, img)
+  return tf.cond(u[0] < prob, lambda: erased, lambda: img)

@@ -1,0 +1,163 @@
+"""Initial weights for fine-tuning: from a pretraining workdir (orbax), a params
+file, a PyTorch checkpoint, or nothing (scratch), adapted to the target model.
+
+Adapting keeps every tensor whose shape fits, resizes relative position bias
+tables when a stage's window changes (bicubic on the (2W-1) x (2W-1) grid, as
+torch's F.interpolate(mode="bicubic", align_corners=False)), keeps a head only
+if it has the target's class count, and leaves the rest to fresh init (the
+pretraining decoder is dropped). The absolute sin-cos table is computed from
+the config, so a new image size needs nothing; the checkpoint's row/column
+layout is carried over into the target config.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+
+from mixmim_jax import params_io
+from mixmim_jax.arch import ModelConfig
+
+logger = logging.getLogger(__name__)
+_SAME_ARCH = ("embed_dim", "depths", "num_heads", "patch_size", "in_chans", "mlp_ratio")
+
+
+def _cubic(x, a=-0.75):
+  x = np.abs(x)
+  return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                  np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
+
+
+def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) weights of torch's 1-D bicubic resize (a = -0.75,
+  align_corners=False, edge indices clamped)."""
+  src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  x0 = np.floor(src).astype(int)
+  t = src - x0
+  m = np.zeros((n_out, n_in))
+  for k in range(-1, 3):
+    idx = np.clip(x0 + k, 0, n_in - 1)
+    np.add.at(m, (np.arange(n_out), idx), _cubic(t - k))
+  return m
+
+
+def resize_relative_bias_table(table: np.ndarray, window: int) -> np.ndarray:
+  """((2W0-1)^2, heads) -> ((2W-1)^2, heads), bicubic on the 2-D offset grid."""
+  side_in = int(round(np.sqrt(table.shape[0])))
+  side_out = 2 * window - 1
+  if side_in == side_out:
+    return np.asarray(table)
+  grid = np.asarray(table, np.float64).reshape(side_in, side_in, -1)
+  m = bicubic_matrix(side_in, side_out)
+  out = np.einsum("ri,ijh,cj->rch", m, grid, m)
+  return out.reshape(side_out * side_out, -1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------- sources
+
+def _from_workdir(path: str, step: int):
+  """A pretraining workdir (kind "pretrain") or a fine-tune workdir (kind
+  "classifier"; a linear probe comes back with its normalization folded in)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  directory = os.path.join(os.path.abspath(path), "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{path!r} is a directory without checkpoints/ (expected the "
+                            "--workdir of mixmim_jax.main or mixmim_jax.finetune).")
+  manager = ocp.CheckpointManager(directory)
+  step = manager.latest_step() if step < 0 else step
+  if step is None:
+    raise FileNotFoundError(f"{path!r}: no checkpoints under {directory}.")
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  manager.close()
+  meta = restored["meta"]
+  cfg = ModelConfig.from_dict({k: tuple(v) if isinstance(v, list) else v
+                               for k, v in meta["model_config"].items()})
+  state = jax.tree.map(np.asarray, restored["state"])
+  params, task = state["params"], meta.get("task", "pretrain")
+  if task == "linprobe":
+    from mixmim_jax.finetune_step import fold_probe  # pylint: disable=import-outside-toplevel
+    params = jax.tree.map(np.asarray, fold_probe(params, state["batch_stats"]))
+  kind = "pretrain" if task == "pretrain" else "classifier"
+  return cfg, kind, params, f"{task} checkpoint step {step} in {directory}"
+
+
+def read_checkpoint(path: str, step: int = -1):
+  """(config, kind, params, description) from any supported source."""
+  if os.path.isdir(path):
+    return _from_workdir(path, step)
+  if path.endswith((".pth", ".pt")):
+    from mixmim_jax import convert  # pylint: disable=import-outside-toplevel
+    cfg, kind, params, fmt = convert.import_state_dict(convert.load_torch_checkpoint(path))
+    return cfg, kind, params, f"{fmt} PyTorch checkpoint {path}"
+  loaded = params_io.load_params(path)
+  return loaded.config, loaded.kind, loaded.params, f"params file {path}"
+
+
+# ----------------------------------------------------------------------- adapting
+
+def _flat(tree, prefix=()):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) or hasattr(v, "items"):
+      out.update(_flat(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def adapt(src_cfg: ModelConfig, src_params, dst_cfg: ModelConfig, fresh_params):
+  """(params, report): `fresh_params` (a full target tree) overwritten with every
+  source tensor that fits. report = dict(loaded, resized, fresh) lists of paths."""
+  for name in _SAME_ARCH:
+    if getattr(src_cfg, name) != getattr(dst_cfg, name):
+      raise ValueError(f"the checkpoint's {name}={getattr(src_cfg, name)} differs from the "
+                       f"config's {getattr(dst_cfg, name)}; they must be the same arch.")
+  src = _flat(src_params)
+  out, report = {}, dict(loaded=[], resized=[], fresh=[])
+  for path, fresh in _flat(fresh_params).items():
+    have = src.get(path)
+    name = "/".join(path)
+    if have is not None and path[-1] == "relative_position_bias_table" and \
+        np.shape(have) != np.shape(fresh):
+      s = int(path[1][len("layers_"):])
+      out[path] = resize_relative_bias_table(np.asarray(have), dst_cfg.effective_windows[s])
+      report["resized"].append(name)
+    elif have is not None and np.shape(have) == np.shape(fresh):
+      out[path] = np.asarray(have, np.float32)
+      report["loaded"].append(name)
+    else:
+      out[path] = fresh
+      report["fresh"].append(name)
+  tree: dict = {}
+  for path, value in out.items():
+    node = tree
+    for p in path[:-1]:
+      node = node.setdefault(p, {})
+    node[path[-1]] = value
+  return tree, report
+
+
+def initial_params(config_init_from: str, init_step: int, dst_cfg: ModelConfig, fresh_params):
+  """(params, model config) to start from; logs what was loaded and what is fresh."""
+  if not config_init_from:
+    logger.info("init: from scratch (%d tensors freshly initialised)",
+                len(jax.tree.leaves(fresh_params)))
+    return fresh_params, dst_cfg
+  src_cfg, kind, params, where = read_checkpoint(config_init_from, init_step)
+  if kind == "pretrain":
+    params = {"encoder": params["encoder"]}          # the decoder is not needed
+  dst_cfg = dst_cfg.replace(pos_embed=src_cfg.pos_embed)
+  tree, report = adapt(src_cfg, params, dst_cfg, fresh_params)
+  logger.info("init: %d tensors loaded from the %s %s", len(report["loaded"]), kind, where)
+  if report["resized"]:
+    logger.info("init: relative position bias tables resized for windows %s (were %s): %s",
+                dst_cfg.effective_windows, src_cfg.effective_windows, report["resized"])
+  logger.info("init: freshly initialised: %s", report["fresh"] or "nothing")
+  if src_cfg.pos_embed != "row_col":
+    logger.info("init: the checkpoint's position table layout %r is kept",
+                json.dumps(src_cfg.pos_embed))
+  return tree, dst_cfg
