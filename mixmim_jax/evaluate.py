@@ -83,7 +83,8 @@ def main(argv) -> None:
   del argv
   logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
                       format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
   result = evaluate_checkpoint(flags.FLAGS.checkpoint, flags.FLAGS.config)
   if jax.process_index() == 0:
     print(f"{result['count']} images: top-1 {100 * result['top1']:.2f} %, "
