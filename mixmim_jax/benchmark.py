@@ -70,6 +70,9 @@ def parse_args(argv):
   p.add_argument("--synthetic-jpegs", type=int, default=0,
                  help="with --input-only: write this many ImageNet-sized JPEGs to a temp "
                       "folder and read them (data.source=folder)")
+  p.add_argument("--profile", default=None,
+                 help="after timing, trace 2 steps into this directory and print the "
+                      "busy time per kind of op and model part")
   p.add_argument("--json", default=None, help="write the results here")
   args, rest = p.parse_known_args(argv)
   return args, rest
@@ -214,7 +217,8 @@ def _peak_memory(devices, compiled) -> dict:
 
 
 def benchmark_step(config, steps: int, warmup: int, reference: bool = False, rounds: int = 2,
-                   matmul_size: int = 2048, num_devices: int | None = None) -> dict:
+                   matmul_size: int = 2048, num_devices: int | None = None,
+                   profile_dir: str | None = None) -> dict:
   """Times the train step (and optionally the reference); returns the JSON record."""
   threads = host_threads()
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
@@ -266,6 +270,9 @@ def benchmark_step(config, steps: int, warmup: int, reference: bool = False, rou
       result["peak_flops_per_s_per_device"] = peak
       result["mfu"] = result["flops_per_s_per_device"] / peak
   result["memory"] = _peak_memory(js.devices, js.compiled)
+  if profile_dir:
+    from mixmim_jax import profile_ops  # pylint: disable=import-outside-toplevel
+    result["profile"] = profile_ops.profile(js.run, js.compiled.as_text(), profile_dir)
   if ref:
     result["reference"] = dict(
         framework="mmpretrain 1.2.0 / torch " + ref.torch.__version__, threads=threads,
@@ -380,6 +387,9 @@ def report_lines(r: dict) -> list[str]:
     if "torch_matmul" in r:
       lines.append(f"float32 matmul {r['torch_matmul']['size']}^3 (torch): "
                    f"{_fmt_flops(r['torch_matmul']['flops_per_s'])}")
+  if "profile" in r:
+    from mixmim_jax import profile_ops  # pylint: disable=import-outside-toplevel
+    lines += profile_ops.report_lines(r["profile"])
   return lines
 
 
@@ -395,7 +405,7 @@ def main(argv=None) -> dict:
       result = benchmark_input(config, args.steps, args.warmup)
   else:
     result = benchmark_step(config, args.steps, args.warmup, args.reference, args.rounds,
-                            args.matmul_size, args.num_devices)
+                            args.matmul_size, args.num_devices, args.profile)
   result["command"] = "python -m mixmim_jax.benchmark " + " ".join(
       sys.argv[1:] if argv is None else argv)
   print("\n".join(report_lines(result)), flush=True)
