@@ -40,8 +40,8 @@ def small(c):
 def get_config(arg: str = ""):
   c = small(finetune_defaults())
   c.batch_size = 64
-  c.num_epochs = 10.0
-  c.warmup_epochs = 1.0
+  c.num_epochs = 3.0
+  c.warmup_epochs = 0.5
   c.optim.base_lr = 2e-3              # lr 5e-4 at batch 64
   c.log_every_steps = 50
   if arg == "runlocal":

@@ -37,8 +37,8 @@ def small(c):
 def get_config(arg: str = ""):
   c = small(linprobe_defaults())
   c.batch_size = 256
-  c.num_epochs = 10.0
-  c.warmup_epochs = 1.0
+  c.num_epochs = 3.0
+  c.warmup_epochs = 0.5
   c.log_every_steps = 10
   if arg == "runlocal":
     c.num_train_steps = 4

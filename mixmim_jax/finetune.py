@@ -59,9 +59,12 @@ def finetune(config, workdir: str, stop_after: int | None = None) -> dict:
     if is_main:
       with open(model_path, "w") as f:
         f.write(model_cfg.to_json())
-  else:
+  elif os.path.exists(model_path):
     with open(model_path) as f:
       model_cfg = ModelConfig.from_json(f.read())
+  else:
+    raise FileNotFoundError(f"{workdir} has checkpoints but no model_config.json (written "
+                            "when a run starts); use a fresh --workdir.")
   plan = dataclasses.replace(plan, model=model_cfg)
   fns = compile_steps(plan, config, mesh)
   meta = dict(model_config=json.loads(plan.model.to_json()), task=config.task,

@@ -152,7 +152,7 @@ def initial_params(config_init_from: str, init_step: int, dst_cfg: ModelConfig, 
     params = {"encoder": params["encoder"]}          # the decoder is not needed
   dst_cfg = dst_cfg.replace(pos_embed=src_cfg.pos_embed)
   tree, report = adapt(src_cfg, params, dst_cfg, fresh_params)
-  logger.info("init: %d tensors loaded from the %s %s", len(report["loaded"]), kind, where)
+  logger.info("init: %d tensors loaded from the %s", len(report["loaded"]), where)
   if report["resized"]:
     logger.info("init: relative position bias tables resized for windows %s (were %s): %s",
                 dst_cfg.effective_windows, src_cfg.effective_windows, report["resized"])
