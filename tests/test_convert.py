@@ -234,7 +234,7 @@ def test_wrong_shape_is_named(classifier_sd):
   sd["backbone.layers.1.blocks.0.attn.proj.weight"] = np.zeros((64, 32), np.float32)
   with pytest.raises(torch_format.CheckpointMismatch,
                      match=r"1 tensors of the wrong shape.*backbone\.layers\.1\.blocks\.0"
-                           r"\.attn\.proj\.weight: \(32, 64\) vs model \(64, 64\)"):
+                           r"\.attn\.proj\.weight: \(64, 32\) vs model \(64, 64\)"):
     convert.import_state_dict({"state_dict": sd})
 
 
@@ -249,7 +249,7 @@ def test_checkpoint_of_another_arch_against_expected_shapes(classifier_sd):
   table = "backbone.layers.{}.blocks.0.attn.relative_position_bias_table: {} vs model {}"
   assert table.format(1, (49, 2), (25, 2)) in msg
   assert table.format(3, (25, 8), (25, 4)) in msg
-  assert "head.fc.weight: (256, 10) vs model (256, 1000)" in msg
+  assert "head.fc.weight: (10, 256) vs model (1000, 256)" in msg   # the checkpoint's layout
   assert "backbone.layers.1.blocks.0.attn.relative_position_index: differs from the table" in msg
   # Deeper: the extra blocks are missing from the checkpoint.
   deeper = CFG.replace(depths=(1, 2, 3, 1))
