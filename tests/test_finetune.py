@@ -253,7 +253,8 @@ def _tiny(c, data_dir):
 
 
 def test_every_finetune_config_builds_a_step(tmp_path):
-  assert len(FT_CONFIGS) == 6 and "base_finetune.py" in FT_CONFIGS
+  assert {"base_finetune.py", "large_finetune.py", "huge_finetune.py", "base_linprobe.py",
+          "fashion_mnist_finetune.py", "fashion_mnist_linprobe.py"} <= set(FT_CONFIGS)
   mesh_devices = jax.device_count()
   for name in FT_CONFIGS:
     c = _tiny(_load(name).get_config(), str(tmp_path))
