@@ -115,11 +115,9 @@ def test_topology_names():
 
 @pytest.mark.slow
 @needs_libtpu
-def test_base_model_fits_a_v5e_chip_at_224(request):
+def test_base_model_fits_a_v5e_chip_at_224():
   """MixMIM-B at 224 px, 8 images per chip on v5e 2x2 (pure data parallel): fits,
   all-reduces the gradients once, moves no activations. Run with -m slow."""
-  if "slow" not in (request.config.getoption("-m") or ""):
-    pytest.skip("compiles the full base model (5-15 min on 2 cores); run with -m slow")
   from mixmim_jax import aot, config_cli  # pylint: disable=import-outside-toplevel
   config = config_cli.load_config(os.path.join(REPO, "configs", "base_pretrain.py"))
   r = aot.compile_for_topology(config, "v5e:2x2", batch_per_chip=8)
