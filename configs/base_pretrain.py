@@ -10,9 +10,17 @@ norm-pix loss. Expected: final loss about 0.5 (norm-pix MSE) after 300 epochs
 (626 steps/epoch); fine-tuned 100 epochs it gives 84.6 % top-1 in mmpretrain.
 Per-device batch 128 on a 16-chip slice equals the reference's per-GPU batch, so
 masks are shared by the same groups of 128 images as in the reference.
+
+Compute runs in bfloat16 (parameters, optimizer state and the loss stay
+float32), the usual TPU choice: in float32 the step needs 28.8 of a v4 chip's
+32 GiB at 128 images per chip (AOT compile, BENCHMARKS.md), too close to the
+limit. For the reference's float32 arithmetic pass --config.model.dtype=float32
+(with --config.model.remat=True on v4-32).
 """
 from mixmim_jax.train_config import pretrain_defaults
 
 
 def get_config():
-  return pretrain_defaults()
+  c = pretrain_defaults()
+  c.model.dtype = "bfloat16"
+  return c

@@ -7,8 +7,12 @@ The mask lives on the input/stride grid with stride = patch x 8; a 28-px image
 upsampled to 64 px with the usual patch 4 would leave a 2x2 grid (4 cells, 2
 masked), too coarse to learn from. Patch 2 makes the stride 16 and the grid
 4x4 = 16 cells (8 masked), like a 7x7 grid at 224 px but cheaper: stage maps
-32, 16, 8, 4 with windows 8, 8, 8, 4. Expected (2 CPU cores): the norm-pix loss
-falls from about 1.0 to about 0.55 in 2 epochs... see README for measured figures.
+32, 16, 8, 4 with windows 8, 8, 8, 4.
+
+Expected (measured on 2 CPU cores, `make run`): 750 steps of 32 images, about
+0.41 s and 78 images/s per step after a 13 s compile, 5 m 52 s for the whole
+command; the norm-pix loss goes from 1.19 (step 1) and 0.94 (mean of steps
+1-50) to 0.74 (mean of steps 701-750).
 """
 from mixmim_jax.train_config import pretrain_defaults
 
@@ -31,10 +35,10 @@ def get_config(arg: str = ""):
   c.data.std = (90.02,) * 3
   c.data.cache = True
 
-  c.batch_size = 64
-  c.num_epochs = 1.0
-  c.warmup_epochs = 0.1
-  c.optim.base_lr = 1.5e-4 * 8        # small models and batches like a larger lr
+  c.batch_size = 32
+  c.num_epochs = 0.4                  # 750 steps of 32 images
+  c.warmup_epochs = 0.01
+  c.optim.base_lr = 8e-3              # lr 1e-3: a small model and batch want a larger lr
   c.log_every_steps = 50
   c.checkpoint_every_steps = 200
   c.image_every_steps = 200

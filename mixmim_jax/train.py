@@ -112,7 +112,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
             or (stop_after is not None and done - start >= stop_after))
     save = stop or is_last or done % config.checkpoint_every_steps == 0
 
-    if save or is_last or done % config.log_every_steps == 0:
+    # Also log the first step of a job: it shows the starting loss and compile time.
+    if save or is_last or done == start + 1 or done % config.log_every_steps == 0:
       scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
       n = done - last_log_step
       # The logged loss is the mean since the last log; a NaN anywhere shows in it.
