@@ -6,9 +6,9 @@ import dataclasses
 
 import ml_collections
 
-from mixmim_jax.arch import ModelConfig, model_config
+from mixmim_jax import train_config
+from mixmim_jax.arch import ModelConfig
 from mixmim_jax.data import labeled
-from mixmim_jax.train_config import mesh_shape
 
 TASKS = ("finetune", "linprobe")
 
@@ -87,12 +87,7 @@ def linprobe_defaults() -> ml_collections.ConfigDict:
 
 
 def build_model_config(config) -> ModelConfig:
-  overrides = {k: v for k, v in config.model.items() if v is not None}
-  for key in ("depths", "num_heads", "window_sizes"):
-    if key in overrides:
-      overrides[key] = tuple(overrides[key])
-  return model_config(config.arch, img_size=config.data.image_size,
-                      num_classes=config.num_classes, **overrides)
+  return train_config.build_model_config(config, num_classes=config.num_classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +110,7 @@ def make_plan(config, num_examples: int, num_devices: int) -> Plan:
     raise ValueError(f"optim.layer_decay={config.optim.layer_decay} with task='linprobe': "
                      "only the head is trained, so set it to 1.0.")
   model = build_model_config(config)
-  sizes = mesh_shape(config.mesh, num_devices)
+  sizes = train_config.mesh_shape(config.mesh, num_devices)
   batch_devices = sizes["data"] * sizes["fsdp"]
   for name in ("batch_size", "eval_batch_size"):
     if config[name] % batch_devices:

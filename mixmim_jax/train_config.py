@@ -64,12 +64,14 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   return c
 
 
-def build_model_config(config) -> ModelConfig:
+def build_model_config(config, num_classes: int = 0) -> ModelConfig:
+  """The ModelConfig of a (pretraining or fine-tuning) config: its arch, the
+  non-None `model` fields and the data's image size."""
   overrides = {k: v for k, v in config.model.items() if v is not None}
   for key in ("depths", "num_heads", "window_sizes"):
     if key in overrides:
       overrides[key] = tuple(overrides[key])
-  return model_config(config.arch, img_size=config.data.image_size, num_classes=0,
+  return model_config(config.arch, img_size=config.data.image_size, num_classes=num_classes,
                       **overrides)
 
 
