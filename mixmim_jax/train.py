@@ -54,7 +54,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
   `stop_after` ends this job after that many steps as if preempted (checkpoint,
   then return): for time-limited jobs and the resume tests."""
   # ------------------------------------------------------------------ setup
-  os.makedirs(workdir, exist_ok=True)
+  if "://" not in workdir:   # gs:// and other remote workdirs are created by orbax
+    os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)
   info = data.describe(config.data)
@@ -77,7 +78,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     logger.info("initialised a new %.2f M-parameter model",
                 sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
   else:
-    state, saved_meta = ckpt.restore(latest, fns.abstract_state)
+    state, saved_meta = ckpt.restore(latest, fns.abstract_state_sharded())
     if saved_meta.get("model_config") != meta["model_config"]:
       raise ValueError(f"the checkpoint at step {latest} in {ckpt.directory} is for model "
                        f"{saved_meta.get('model_config')}, not this config's "

@@ -77,7 +77,9 @@ def test_data_parallel_step_moves_no_activations(data_dir):
 
 
 def test_resume_equals_uninterrupted(tmp_path, data_dir):
+  """On the 8-device mesh: the restored state lands in the step's shardings."""
   config = tf_.tiny_config(data_dir, num_train_steps=4)
+  config.mesh.update(dict(data=4, fsdp=2, model=1))
   full = train.train(config, str(tmp_path / "full"))
   part = train.train(config, str(tmp_path / "resumed"), stop_after=2)
   assert part["final_step"] == 2
