@@ -60,5 +60,14 @@ def save_pairs_png(path: str, rows: list[list[np.ndarray]], titles: list[str]) -
       if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
       canvas.paste(Image.fromarray(img), (pad + c * (w + pad), header + pad + r * (h + pad)))
+  if "://" in path:   # gs:// workdirs on Cloud TPU: write through TensorFlow's gfile
+    import io  # pylint: disable=import-outside-toplevel
+    from mixmim_jax.data._tf import tf  # pylint: disable=import-outside-toplevel
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "wb") as f:
+      f.write(buffer.getvalue())
+    return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   canvas.save(path)
