@@ -268,13 +268,11 @@ def _to_torch(value: np.ndarray, transform: str, extra, shape) -> np.ndarray:
 
 
 def _expected_torch_shape(flax_shape, transform):
-  if transform == "linear":
+  if transform in ("linear", "merge_linear"):
     return tuple(reversed(flax_shape))
   if transform == "conv":
     kh, kw, cin, cout = flax_shape
     return (cout, cin, kh, kw)
-  if transform == "merge_linear":
-    return tuple(reversed(flax_shape))
   return tuple(flax_shape)
 
 
@@ -294,9 +292,10 @@ def state_dict_to_flax(sd: Mapping[str, np.ndarray], fmt: str, cfg: ModelConfig,
     if expected_shapes is not None:
       # Compare in the checkpoint's layout, before any channel permutation.
       want = _expected_torch_shape(tuple(_get(expected_shapes, path).shape), transform)
-      if transform == "token":
-        want = (1, 1) + want
-      if tuple(raw.shape) != want and not (transform == "token" and raw.size == np.prod(want)):
+      # The mask token is (1, 1, D) in the references, (D,) here.
+      fits = (raw.size == np.prod(want) if transform == "token"
+              else tuple(raw.shape) == want)
+      if not fits:
         wrong.append(f"{tkey}: {tuple(raw.shape)} vs model {want}")
         continue
     _set(params, path, _to_flax(raw, transform, extra))
@@ -337,8 +336,7 @@ def flax_to_state_dict(params: Mapping, cfg: ModelConfig, kind: str,
                              f"{fmt} {kind} checkpoint: {unused[:6]}.")
   if with_buffers:
     sd.update(_fixed_tables(cfg, fmt, kind))
-    if fmt == MMPRETRAIN or fmt == OFFICIAL:
-      sd.update(_relative_index_keys(cfg, fmt))
+    sd.update(_relative_index_keys(cfg, fmt))
   return sd
 
 
