@@ -19,13 +19,7 @@ def finetune_defaults() -> ml_collections.ConfigDict:
   c.seed = 0
   c.task = "finetune"               # or "linprobe": frozen encoder, BN + linear head
   c.arch = "base"
-  c.model = ml_collections.ConfigDict(dict(
-      embed_dim=ml_collections.FieldReference(None, field_type=int),
-      depths=ml_collections.FieldReference(None, field_type=tuple),
-      num_heads=ml_collections.FieldReference(None, field_type=tuple),
-      window_sizes=(14, 14, 14, 7), patch_size=4, mlp_ratio=4.0,
-      drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1,
-      dtype="float32", remat=False))
+  c.model = train_config.model_fields(drop_path_rate=0.1)
   c.num_classes = 1000
 
   c.data = labeled.default_config()
@@ -83,6 +77,21 @@ def linprobe_defaults() -> ml_collections.ConfigDict:
   c.warmup_epochs = 10.0
   c.optim.update(name="lars", base_lr=0.1, weight_decay=0.0, layer_decay=1.0,
                  warmup_start_factor=0.0, end_lr=0.0)
+  return c
+
+
+def fashion_mnist_small(c) -> ml_collections.ConfigDict:
+  """The small model of configs/fashion_mnist_pretrain.py on Fashion-MNIST with
+  10 % of the labels, evaluated on the test split: shared by the Fashion-MNIST
+  fine-tune and linear-probe configs."""
+  c.model.update(dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
+                      window_sizes=(8, 8, 8, 4), patch_size=2))
+  c.num_classes = 10
+  c.data.update(dict(source="fashion_mnist", split="train", eval_split="test",
+                     image_size=64, eval_resize=64, crop_scale=(0.2, 1.0),
+                     mean=(72.94,) * 3, std=(90.02,) * 3, label_fraction=0.1))
+  c.eval_batch_size = 500
+  c.checkpoint_every_steps = 500
   return c
 
 

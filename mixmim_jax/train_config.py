@@ -12,21 +12,25 @@ from mixmim_jax.arch import ModelConfig, model_config
 MESH_AXES = ("data", "fsdp", "model")
 
 
+def model_fields(**extra) -> ml_collections.ConfigDict:
+  """The encoder's ModelConfig fields as config keys (None = the arch's value),
+  shared by the pretraining and fine-tuning configs, plus `extra` fields."""
+  return ml_collections.ConfigDict(dict(
+      embed_dim=ml_collections.FieldReference(None, field_type=int),
+      depths=ml_collections.FieldReference(None, field_type=tuple),
+      num_heads=ml_collections.FieldReference(None, field_type=tuple),
+      window_sizes=(14, 14, 14, 7), patch_size=4, mlp_ratio=4.0,
+      drop_rate=0.0, attn_drop_rate=0.0, dtype="float32", remat=False, **extra))
+
+
 def pretrain_defaults() -> ml_collections.ConfigDict:
   """mmpretrain's 300-epoch MixMIM-B recipe on ImageNet-1k (see MIXMIM.md)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
 
   c.arch = "base"
-  # ModelConfig fields; None = the arch's value.
-  c.model = ml_collections.ConfigDict(dict(
-      embed_dim=ml_collections.FieldReference(None, field_type=int),
-      depths=ml_collections.FieldReference(None, field_type=tuple),
-      num_heads=ml_collections.FieldReference(None, field_type=tuple),
-      window_sizes=(14, 14, 14, 7), patch_size=4, mlp_ratio=4.0,
-      drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0,
-      decoder_dim=512, decoder_depth=8, decoder_heads=16, decoder_ln_eps=1e-6,
-      dtype="float32", remat=False))
+  c.model = model_fields(drop_path_rate=0.0, decoder_dim=512, decoder_depth=8,
+                         decoder_heads=16, decoder_ln_eps=1e-6)
 
   c.data = data.default_config()
 
