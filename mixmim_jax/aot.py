@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
 from mixmim_jax import config_cli, hlo_stats, sharding, train_config  # noqa: E402
-from mixmim_jax.train_step import compile_train_step  # noqa: E402
+from mixmim_jax.train_step import compile_train_step, step_flops  # noqa: E402
 
 HEADROOM = 0.10
 # Topology name prefix -> (CHIPS key, chip_config_name). v4 and v5p run one JAX
@@ -141,7 +141,8 @@ def compile_for_topology(config, topology: str, batch_per_chip: int | None = Non
     return result
   t2 = time.perf_counter()
   memory = hlo_stats.memory_bytes(compiled)
-  flops = hlo_stats.cost_flops(compiled)
+  total_flops = step_flops(plan, config, images.shape)
+  flops = total_flops / n if total_flops else None
   hlo = compiled.as_text()
   if hlo_path:
     with open(hlo_path, "w") as f:

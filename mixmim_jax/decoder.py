@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from mixmim_jax import masking, tables
 from mixmim_jax.arch import ModelConfig
+from mixmim_jax.block_stack import run_blocks
 from mixmim_jax.encoder import MixMIMEncoder
 from mixmim_jax.layers import TransformerBlock, dense_init, layer_norm
 
@@ -38,10 +39,10 @@ class MixMIMDecoder(nn.Module):
     x = jnp.stack([seq1, seq2], axis=2)                   # (G, S, 2, L, D)
     pos = tables.sincos_2d(cfg.mask_grid, cfg.decoder_dim, "row_col")
     x = x + jnp.asarray(pos, x.dtype)
-    for i in range(cfg.decoder_depth):
-      x = TransformerBlock(num_heads=cfg.decoder_heads, mlp_ratio=cfg.mlp_ratio,
-                           ln_eps=cfg.decoder_ln_eps, dtype=cfg.dtype,
-                           name=f"blocks_{i}")(x, None, not train)
+    block_kwargs = dict(num_heads=cfg.decoder_heads, mlp_ratio=cfg.mlp_ratio,
+                        ln_eps=cfg.decoder_ln_eps, dtype=cfg.dtype)
+    x = run_blocks(self, TransformerBlock, block_kwargs, x, None, (0.0,) * cfg.decoder_depth,
+                   deterministic=not train, remat=cfg.remat, scan=cfg.scan_blocks)
     x = layer_norm(cfg.decoder_ln_eps, cfg.dtype, "norm")(x)
     x = nn.Dense(cfg.target_dim, dtype=cfg.dtype, kernel_init=dense_init, name="pred")(x)
     x = x.astype(jnp.float32)

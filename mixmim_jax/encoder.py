@@ -11,6 +11,7 @@ import numpy as np
 
 from mixmim_jax import masking, tables
 from mixmim_jax.arch import NUM_STAGES, ModelConfig
+from mixmim_jax.block_stack import run_blocks
 from mixmim_jax.layers import TransformerBlock, dense_init, layer_norm
 
 ENCODER_LN_EPS = 1e-5
@@ -68,12 +69,11 @@ class Stage(nn.Module):
       # One bias per stage, shared by its blocks: the mask is the same throughout.
       win_mask = masking.window_partition_mask(token_mask, res, window)
       mask_bias = masking.same_source_bias(win_mask, jnp.dtype(cfg.dtype))
-    block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if cfg.remat else TransformerBlock
-    for j, dpr in enumerate(self.drop_path_rates):
-      x = block_cls(num_heads=cfg.num_heads[s], mlp_ratio=cfg.mlp_ratio, window=window,
-                    resolution=res, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
-                    drop_path=dpr, ln_eps=ENCODER_LN_EPS, dtype=cfg.dtype,
-                    name=f"blocks_{j}")(x, mask_bias, deterministic)
+    block_kwargs = dict(num_heads=cfg.num_heads[s], mlp_ratio=cfg.mlp_ratio, window=window,
+                        resolution=res, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
+                        ln_eps=ENCODER_LN_EPS, dtype=cfg.dtype)
+    x = run_blocks(self, TransformerBlock, block_kwargs, x, mask_bias, self.drop_path_rates,
+                   deterministic=deterministic, remat=cfg.remat, scan=cfg.scan_blocks)
     if s < NUM_STAGES - 1:
       x = PatchMerging(res, cfg.dtype, name="downsample")(x)
     return x

@@ -3,9 +3,9 @@ peak figures of the chips it may run on. Used by `benchmark.py` and `aot.py`.
 
 Collectives are read from the optimized HLO text (`compiled.as_text()`): every
 instruction whose opcode is a collective (or the `-start` half of its async
-form) is counted once, with the bytes of its operands and of its result.
-The count is static: an op inside a loop body (e.g. gradient accumulation under
-`lax.scan`) is counted once, not once per iteration. TPU's compiler writes a
+form) is counted once per execution, with the bytes of its operands and of its
+result: an op inside a loop body (a scanned block stack, gradient accumulation)
+counts once per iteration, from the loop's `known_trip_count`. TPU's compiler writes a
 reduce-scatter as an `all-reduce-scatter` fusion (an all-reduce followed by a
 slice, run as one collective); the all-reduce inside such a fusion is counted as
 a reduce-scatter whose result is the fusion's output.
@@ -31,6 +31,9 @@ _SHAPE = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\((.*)\)\s*->\s*(.*?)\s*\{\s*$")
 _PARAM = re.compile(r"([\w.\-]+):\s*((?:\([^)]*\))|[a-z][a-z0-9]*\[[0-9,]*\](?:\{[^}]*\})?)")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\((.*)$")
+_CALLEE = re.compile(r"\b(?:body|condition|calls|to_apply)=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 
 
 def shape_bytes(text: str) -> int:
@@ -83,16 +86,31 @@ class CollectiveStats:
   result_bytes: int = 0    # what each device holds after (all-gather: the gathered tensor)
 
 
+def _executions(calls: dict[str, list[tuple[str, int]]], order: list[str]) -> dict[str, int]:
+  """How many times each computation runs per execution of the entry (the last
+  one printed: HLO text lists callees before their callers)."""
+  runs = dict.fromkeys(order, 0)
+  if order:
+    runs[order[-1]] = 1
+  for comp in reversed(order):
+    for callee, times in calls.get(comp, ()):
+      runs[callee] = runs.get(callee, 0) + runs[comp] * times
+  return runs
+
+
 def collective_stats(hlo_text: str) -> dict[str, CollectiveStats]:
-  """Per collective kind: static op count and per-device operand / result bytes."""
+  """Per collective kind: executed op count and per-device operand / result bytes."""
   stats = {k: CollectiveStats() for k in COLLECTIVES}
   parsed = []          # (instruction match, header match of its computation)
   shapes = {}          # (computation, name) -> result shape; names repeat across computations
+  calls = {}           # computation -> [(callee, times per call)]
+  order = []           # computations in the order printed
   header, comp = None, ""
   for line in hlo_text.splitlines():
     h = _COMPUTATION.match(line)
     if h:
       header, comp = h, h.group(1)
+      order.append(comp)
       for pname, pshape in _PARAM.findall(h.group(2)):
         shapes[(comp, pname)] = pshape
       continue
@@ -100,32 +118,41 @@ def collective_stats(hlo_text: str) -> dict[str, CollectiveStats]:
     if m:
       parsed.append((m, header))
       shapes[(comp, m.group(1))] = m.group(2)
+      trip = _TRIP_COUNT.search(line)
+      times = int(trip.group(1)) if m.group(3) == "while" and trip else 1
+      callees = _CALLEE.findall(line)
+      for branches in _BRANCHES.findall(line):
+        callees += [b.strip().lstrip("%") for b in branches.split(",") if b.strip()]
+      calls.setdefault(comp, []).extend((c, times) for c in callees)
+  runs = _executions(calls, order)
   for m, header in parsed:
     _, result_shape, opcode, rest = m.groups()
     kind = opcode[:-len("-start")] if opcode.endswith("-start") else opcode
     if kind not in stats:
       continue
     comp = header.group(1) if header is not None else ""
+    times = runs.get(comp, 1) or 1
     if kind == "all-reduce" and comp.startswith("all-reduce-scatter"):
       kind, result_shape, opcode = "reduce-scatter", header.group(3), kind
     operand_bytes = sum(_operand_bytes(o, shapes, comp) for o in _operands(rest))
     s = stats[kind]
-    s.count += 1
-    s.operand_bytes += operand_bytes
+    s.count += times
+    s.operand_bytes += times * operand_bytes
     if opcode.endswith("-start") and kind != "all-reduce":
       # all-gather-start etc. return (operands, results[, scratch]): the result
       # bytes are the tuple less the operands. all-reduce-start returns the result.
-      s.result_bytes += max(shape_bytes(result_shape) - operand_bytes, 0)
+      s.result_bytes += times * max(shape_bytes(result_shape) - operand_bytes, 0)
     else:
-      s.result_bytes += shape_bytes(result_shape)
+      s.result_bytes += times * shape_bytes(result_shape)
   return stats
 
 
-def cost_flops(compiled) -> float | None:
-  """FLOPs per device from XLA's cost analysis (a dict, or a list of one dict per
-  program in older JAX); None where the backend gives none."""
+def cost_flops(program) -> float | None:
+  """FLOPs from XLA's cost analysis of a compiled program (per device) or a
+  lowered one (the whole, unpartitioned computation); None where the backend
+  gives none. A loop body counts once, whatever its trip count."""
   try:
-    cost = compiled.cost_analysis()
+    cost = program.cost_analysis()
   except Exception:  # pylint: disable=broad-except
     return None
   if isinstance(cost, (list, tuple)):

@@ -28,11 +28,11 @@ def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
 
 class DropPath(nn.Module):
   """Stochastic depth: drop the whole residual branch per sample (leading axis)."""
-  rate: float
+  rate: float | jax.Array   # an array inside a scan over blocks
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
-    if deterministic or self.rate == 0.0:
+    if deterministic or (isinstance(self.rate, float) and self.rate == 0.0):
       return x
     keep = 1.0 - self.rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)

@@ -20,7 +20,8 @@ def model_fields(**extra) -> ml_collections.ConfigDict:
       depths=ml_collections.FieldReference(None, field_type=tuple),
       num_heads=ml_collections.FieldReference(None, field_type=tuple),
       window_sizes=(14, 14, 14, 7), patch_size=4, mlp_ratio=4.0,
-      drop_rate=0.0, attn_drop_rate=0.0, dtype="float32", remat=False, **extra))
+      drop_rate=0.0, attn_drop_rate=0.0, dtype="float32", remat=False, scan_blocks=True,
+      **extra))
 
 
 def pretrain_defaults() -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixmim_jax import masking, objective, optim, sharding
+from mixmim_jax import hlo_stats, masking, objective, optim, sharding
 from mixmim_jax.decoder import MixMIMPretrainModel
 from mixmim_jax.train_config import Plan
 
@@ -126,3 +126,21 @@ def compile_train_step(plan: Plan, config, mesh) -> StepFns:
   return StepFns(init=init_jit, step=step_jit, state_shardings=state_shardings,
                  batch_sharding=batch_sharding, abstract_state=abstract_state, tx=tx,
                  schedule=schedule)
+
+
+def step_flops(plan: Plan, config, batch_shape: tuple[int, ...]) -> float | None:
+  """FLOPs of one whole train step (all devices together), from XLA's cost
+  analysis of the program before partitioning.
+
+  XLA counts a loop body once, not once per iteration, so the count comes from
+  the same step with its block stacks unrolled (the same arithmetic), lowered
+  but not compiled: seconds, where compiling it would take minutes. It is
+  lowered for one CPU device, which works wherever the step is compiled for
+  (including TPU slices compiled ahead of time, which give no lowered cost).
+  """
+  unrolled = dataclasses.replace(plan, model=dataclasses.replace(plan.model, scan_blocks=False))
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, model=1), jax.devices("cpu")[:1])
+  fns = compile_train_step(unrolled, config, mesh)
+  images = jax.ShapeDtypeStruct(batch_shape, jnp.float32, sharding=fns.batch_sharding)
+  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
+  return hlo_stats.cost_flops(fns.step.lower(fns.abstract_state_sharded(), images, key))

@@ -35,6 +35,24 @@ def test_psum_and_all_gather_bytes_on_cpu_devices():
     assert stats[kind].count == 0
 
 
+def test_collectives_in_a_loop_count_once_per_iteration():
+  """A psum inside a 5-step scan (a scanned block stack's gradient all-reduce)
+  runs 5 times: 5 x 2048 bytes."""
+  mesh = Mesh(np.asarray(jax.devices()), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+
+  def per_device(a):
+    def body(carry, _):
+      return carry + jax.lax.psum(jnp.sin(carry), "x"), None
+    return jax.lax.scan(body, a, None, length=5)[0]
+
+  f = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("x"), out_specs=P("x"),
+                            check_vma=False))
+  x = jax.ShapeDtypeStruct((8 * 16, 32), jnp.float32, sharding=NamedSharding(mesh, P("x")))
+  stats = hlo_stats.collective_stats(f.lower(x).compile().as_text())
+  assert (stats["all-reduce"].count, stats["all-reduce"].operand_bytes,
+          stats["all-reduce"].result_bytes) == (5, 5 * 2048, 5 * 2048)
+
+
 # The forms TPU's compiler prints: tiled layouts, async start/done pairs, tuples,
 # operands named by a fused computation's parameters, and reduce-scatter written
 # as an all-reduce inside an `all-reduce-scatter` fusion.

@@ -1,0 +1,90 @@
+"""Block stacks run as a scan compute what the unrolled blocks compute: same
+parameters (names and values), outputs and gradients; stochastic depth still
+drops whole samples with each block's own rate."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixmim_jax import api
+from mixmim_jax.arch import model_config
+from mixmim_jax.decoder import MixMIMPretrainModel
+from mixmim_jax.encoder import MixMIMClassifier
+from mixmim_jax.layers import DropPath
+
+# Every stack deeper than one block, so every stack is scanned.
+SMALL = model_config("base", img_size=64, embed_dim=32, depths=(2, 2, 3, 2),
+                     num_heads=(1, 2, 4, 8), window_sizes=(8, 8, 4, 2), decoder_dim=64,
+                     decoder_depth=2, decoder_heads=2, num_classes=5)
+
+
+def _decode(cfg, params, images, mask):
+  return MixMIMPretrainModel(cfg).apply({"params": params}, images, mask)
+
+
+def _pretrain_loss(cfg, params, images, mask, weights):
+  seq1, seq2 = _decode(cfg, params, images, mask)
+  return jnp.sum(seq1 * weights) + jnp.sum(seq2 * weights[::-1])
+
+
+def test_scan_equals_unrolled_pretraining_model():
+  scanned = SMALL
+  unrolled = dataclasses.replace(SMALL, scan_blocks=False)
+  params = api.init_params(scanned, "pretrain", jax.random.key(0))
+  same = api.init_params(unrolled, "pretrain", jax.random.key(0))
+  assert jax.tree.structure(params) == jax.tree.structure(same)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(same)))
+  assert "blocks_2" in params["encoder"]["layers_2"]
+
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.standard_normal((4, 64, 64, 3)), jnp.float32)
+  mask = api.draw_mask(jax.random.key(1), scanned)
+  weights = jnp.asarray(rng.standard_normal((4, scanned.num_mask_cells, scanned.target_dim)),
+                        jnp.float32)
+  outs = [jax.jit(_decode, static_argnums=0)(cfg, params, images, mask)
+          for cfg in (scanned, unrolled)]
+  for a, b in zip(*outs):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+  grad = jax.jit(jax.grad(_pretrain_loss, argnums=1), static_argnums=0)
+  grads = [grad(cfg, params, images, mask, weights) for cfg in (scanned, unrolled)]
+  remat = grad(dataclasses.replace(scanned, remat=True), params, images, mask, weights)
+  flat_ref = jax.tree.leaves_with_path(grads[1])
+  for other in (grads[0], remat):
+    for (path, ref), got in zip(flat_ref, jax.tree.leaves(other)):
+      scale = float(jnp.abs(ref).max()) + 1e-12
+      assert float(jnp.abs(got - ref).max()) <= 1e-5 * scale, jax.tree_util.keystr(path)
+
+
+def test_drop_path_with_a_traced_rate_drops_whole_samples():
+  x = jnp.ones((64, 3, 5))
+
+  @jax.jit
+  def apply(rate, key):
+    return DropPath(rate).apply({}, x, False, rngs={"dropout": key})
+
+  out = np.asarray(apply(jnp.float32(0.25), jax.random.key(0)))
+  per_sample = out.reshape(64, -1)
+  kept = np.all(per_sample == 1 / 0.75, axis=1)
+  dropped = np.all(per_sample == 0.0, axis=1)
+  assert np.all(kept | dropped) and 0 < dropped.sum() < 64
+
+
+def test_scanned_classifier_uses_stochastic_depth_in_training():
+  cfg = dataclasses.replace(SMALL, drop_path_rate=0.3)
+  model = MixMIMClassifier(cfg)
+  images = jnp.asarray(np.random.default_rng(2).standard_normal((4, 64, 64, 3)), jnp.float32)
+  params = model.init(jax.random.key(0), images)["params"]
+
+  @jax.jit
+  def train(key):
+    return model.apply({"params": params}, images, train=True, rngs={"dropout": key})
+
+  evaluation = jax.jit(model.apply)({"params": params}, images)
+  a, b, c = train(jax.random.key(1)), train(jax.random.key(1)), train(jax.random.key(2))
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c) and not np.allclose(a, evaluation)
+  assert np.all(np.isfinite(a))
