@@ -1,6 +1,7 @@
 """Block stacks run as a scan compute what the unrolled blocks compute: same
 parameters (names and values), outputs and gradients; stochastic depth still
-drops whole samples with each block's own rate."""
+drops whole samples with each block's own rate. The attention's shared-bias add
+(whose gradient is written as a matrix-vector product) equals the plain one."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,7 @@ from mixmim_jax import api
 from mixmim_jax.arch import model_config
 from mixmim_jax.decoder import MixMIMPretrainModel
 from mixmim_jax.encoder import MixMIMClassifier
-from mixmim_jax.layers import DropPath
+from mixmim_jax.layers import DropPath, add_shared_bias
 
 # Every stack deeper than one block, so every stack is scanned.
 SMALL = model_config("base", img_size=64, embed_dim=32, depths=(2, 2, 3, 2),
@@ -88,3 +89,21 @@ def test_scanned_classifier_uses_stochastic_depth_in_training():
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c) and not np.allclose(a, evaluation)
   assert np.all(np.isfinite(a))
+
+
+def test_shared_bias_add_has_the_broadcast_gradient():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, 3, 4, 5, 5)), jnp.float32)
+  bias = jnp.asarray(rng.standard_normal((4, 5, 5)), jnp.float32)
+  weights = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+  def loss(add, x, bias):
+    return jnp.sum(jnp.sin(add(x, bias)) * weights)
+
+  np.testing.assert_array_equal(add_shared_bias(x, bias), x + bias)
+  got = jax.jit(jax.grad(lambda a, b: loss(add_shared_bias, a, b), argnums=(0, 1)))(x, bias)
+  want = jax.grad(lambda a, b: loss(jnp.add, a, b), argnums=(0, 1))(x, bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got[1], np.sum(np.cos(x + bias) * weights, axis=(0, 1)),
+                             rtol=1e-5, atol=1e-5)
