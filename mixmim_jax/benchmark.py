@@ -18,6 +18,7 @@ alternate with JAX's, with torch given as many threads as XLA's CPU client uses.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -83,13 +84,16 @@ def build_config(args, overrides):
   if args.arch is not None:
     config.arch = "base" if args.arch == "tiny" else args.arch
     for key, value in ARCH_PRESETS[args.arch].items():
-      config.model[key] = value
+      if key in config.model:          # fine-tuning configs have no decoder fields
+        config.model[key] = value
   if args.image_size is not None:
     config.data.image_size = args.image_size
   if args.batch is not None:
     config.batch_size = args.batch
   config_cli.apply_overrides(config, overrides)
   config.num_train_steps = 10_000   # the schedule's length does not change the cost
+  if "task" in config:              # fine-tuning: evaluation batches are not timed
+    config.eval_batch_size = config.batch_size
   return config
 
 
@@ -173,6 +177,58 @@ class JaxStep:
     return times
 
 
+class FinetuneJaxStep(JaxStep):
+  """The compiled fine-tuning (or linear-probe) step of a fine-tuning config
+  (one with a `task`), with its state and one fixed labelled batch on device."""
+
+  def __init__(self, config, devices):  # pylint: disable=super-init-not-called
+    from mixmim_jax import finetune_config, finetune_step  # pylint: disable=import-outside-toplevel
+    mesh = sharding.make_mesh(config.mesh, devices)
+    self.plan = finetune_config.make_plan(config, num_examples=config.batch_size * 1000,
+                                          num_devices=len(devices))
+    cfg = self.plan.model
+    shape = (config.batch_size, cfg.img_size, cfg.img_size, cfg.in_chans)
+
+    def lower(plan, mesh):
+      fns = finetune_step.compile_steps(plan, config, mesh)
+      state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                           fns.abstract_state, fns.state_shardings)
+      images = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=fns.batch_sharding)
+      labels = jax.ShapeDtypeStruct(shape[:1], jnp.int32, sharding=fns.batch_sharding)
+      return fns, fns.step.lower(state, images, labels, jax.random.key(1))
+
+    t0 = time.perf_counter()
+    fns, lowered = lower(self.plan, mesh)
+    t1 = time.perf_counter()
+    self.compiled = lowered.compile()
+    t2 = time.perf_counter()
+    self.lower_s, self.compile_s = t1 - t0, t2 - t1
+    # As in train_step.step_flops: count FLOPs on the unrolled step (one CPU device).
+    unrolled = dataclasses.replace(
+        self.plan, model=dataclasses.replace(cfg, scan_blocks=False))
+    one_cpu = sharding.make_mesh(dict(data=1, fsdp=1, model=1), jax.devices("cpu")[:1])
+    self.flops_per_step = hlo_stats.cost_flops(lower(unrolled, one_cpu)[1])
+    self.state = fns.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    self.host_images = rng.standard_normal(shape).astype(np.float32)
+    self.images = jax.device_put(self.host_images, fns.batch_sharding)
+    labels = rng.integers(0, cfg.num_classes, shape[:1]).astype(np.int32)
+    self.labels = jax.device_put(labels, fns.batch_sharding)
+    self.key = jax.random.key(1)
+    self.num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
+    self.devices = devices
+
+  def run(self, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      self.state, metrics = self.compiled(self.state, self.images, self.labels, self.key)
+      jax.block_until_ready((self.state, metrics))
+      times.append(time.perf_counter() - t0)
+    self.last_loss = float(metrics["loss"])
+    return times
+
+
 # ------------------------------------------------------------------ reference
 class TorchStep:
   """mmpretrain 1.2.0's MixMIM with an AdamW step, on the same images."""
@@ -221,18 +277,23 @@ def benchmark_step(config, steps: int, warmup: int, reference: bool = False, rou
                    matmul_size: int = 2048, num_devices: int | None = None,
                    profile_dir: str | None = None) -> dict:
   """Times the train step (and optionally the reference); returns the JSON record."""
+  finetuning = "task" in config
+  if finetuning and reference:
+    raise ValueError("--reference times mmpretrain's pretraining step; it has no "
+                     "fine-tuning counterpart here. Drop --reference for a fine-tuning config.")
   threads = host_threads()
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
   device = devices[0]
   result = dict(
-      kind="train_step", backend=jax.default_backend(), device_kind=device.device_kind,
+      kind=f"{config.task}_step" if finetuning else "train_step",
+      backend=jax.default_backend(), device_kind=device.device_kind,
       num_devices=len(devices), host_threads=threads, jax_version=jax.__version__,
       arch=config.arch, image_size=config.data.image_size, batch=config.batch_size,
       dtype=config.model.dtype, remat=bool(config.model.remat), mesh=dict(config.mesh))
   if matmul_size:
     result["matmul"] = time_matmul(matmul_size)
 
-  js = JaxStep(config, devices)
+  js = FinetuneJaxStep(config, devices) if finetuning else JaxStep(config, devices)
   result.update(model=json.loads(js.plan.model.to_json()), num_params=js.num_params,
                 lower_s=js.lower_s, compile_s=js.compile_s)
   flops = js.flops_per_step / len(devices) if js.flops_per_step else None  # per device
@@ -354,7 +415,7 @@ def report_lines(r: dict) -> list[str]:
   s = r["step"]
   lines = [f"{r['backend']} ({r['device_kind']}) x{r['num_devices']}, {r['host_threads']} host "
            f"threads, jax {r['jax_version']}",
-           f"model: arch {r['arch']} {r['model']['embed_dim']}/{tuple(r['model']['depths'])}, "
+           f"{r['kind']}: arch {r['arch']} {r['model']['embed_dim']}/{tuple(r['model']['depths'])}, "
            f"{r['image_size']} px, batch {r['batch']}, {r['dtype']}, remat {r['remat']}, "
            f"{r['num_params'] / 1e6:.2f} M params",
            f"compile: lower {r['lower_s']:.1f} s + compile {r['compile_s']:.1f} s",

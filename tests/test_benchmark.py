@@ -46,6 +46,23 @@ def test_step_benchmark_json(tmp_path):
   assert benchmark.report_lines(r)[-2].startswith("JAX / PyTorch step time:")
 
 
+def test_finetune_step_benchmark(tmp_path):
+  """A fine-tuning config times the fine-tuning step (mixup, label smoothing,
+  layer-wise lr decay); --reference is refused in one sentence."""
+  config = os.path.join(REPO, "configs", "base_finetune.py")
+  args = [f"--config={config}", "--arch=tiny", "--image-size=32", "--batch=4",
+          "--num-devices=2", "--steps=2", "--warmup=1", "--matmul-size=0"]
+  out = tmp_path / "ft.json"
+  r = benchmark.main(args + [f"--json={out}", "--config.num_classes=10"])
+  assert json.loads(out.read_text())["kind"] == r["kind"] == "finetune_step"
+  assert r["step"]["n"] == 2 and r["images_per_s"] > 0 and "reference" not in r
+  # Forward, backward and AdamW of the classifier: more than 3 x 2 x params per image.
+  assert r["flops_per_step"] > 6 * r["num_params"] * 4
+  assert 1.0 < r["loss"] < 5.0      # soft cross-entropy over 10 classes starts near ln 10
+  with pytest.raises(ValueError, match="--reference times mmpretrain's pretraining step"):
+    benchmark.main(args + ["--reference"])
+
+
 def test_input_benchmark_on_synthetic_jpegs(tmp_path):
   out = tmp_path / "input.json"
   benchmark.main([f"--config={BASE}", "--input-only", "--synthetic-jpegs=8", "--batch=4",
