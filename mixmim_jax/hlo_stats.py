@@ -34,6 +34,8 @@ _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([a-z][a-z0-9\-]
 _CALLEE = re.compile(r"\b(?:body|condition|calls|to_apply)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_CONDITION = re.compile(r"\bcondition=%?([\w.\-]+)")
+_INT_CONSTANT = re.compile(r"=\s*s32\[\]\S*\s+constant\((\d+)\)")
 
 
 def shape_bytes(text: str) -> int:
@@ -86,6 +88,20 @@ class CollectiveStats:
   result_bytes: int = 0    # what each device holds after (all-gather: the gathered tensor)
 
 
+def _trip_count(while_line: str, computations: dict[str, list[str]]) -> int:
+  """Iterations of a while loop: XLA:CPU/GPU annotate `known_trip_count`; TPU's
+  compiled HLO does not, so read a `i < N` condition (JAX's loops count from 0)."""
+  known = _TRIP_COUNT.search(while_line)
+  if known:
+    return int(known.group(1))
+  cond = _CONDITION.search(while_line)
+  lines = computations.get(cond.group(1), []) if cond else []
+  bounds = [int(c) for line in lines for c in _INT_CONSTANT.findall(line)]
+  if len(bounds) == 1 and any("direction=LT" in line for line in lines):
+    return bounds[0]
+  return 1
+
+
 def _executions(calls: dict[str, list[tuple[str, int]]], order: list[str]) -> dict[str, int]:
   """How many times each computation runs per execution of the entry (the last
   one printed: HLO text lists callees before their callers)."""
@@ -103,7 +119,7 @@ def collective_stats(hlo_text: str) -> dict[str, CollectiveStats]:
   stats = {k: CollectiveStats() for k in COLLECTIVES}
   parsed = []          # (instruction match, header match of its computation)
   shapes = {}          # (computation, name) -> result shape; names repeat across computations
-  calls = {}           # computation -> [(callee, times per call)]
+  lines = {}           # computation -> its instruction lines
   order = []           # computations in the order printed
   header, comp = None, ""
   for line in hlo_text.splitlines():
@@ -118,8 +134,11 @@ def collective_stats(hlo_text: str) -> dict[str, CollectiveStats]:
     if m:
       parsed.append((m, header))
       shapes[(comp, m.group(1))] = m.group(2)
-      trip = _TRIP_COUNT.search(line)
-      times = int(trip.group(1)) if m.group(3) == "while" and trip else 1
+      lines.setdefault(comp, []).append(line)
+  calls = {}           # computation -> [(callee, times per call)]
+  for comp, comp_lines in lines.items():
+    for line in comp_lines:
+      times = _trip_count(line, lines) if " while(" in line else 1
       callees = _CALLEE.findall(line)
       for branches in _BRANCHES.findall(line):
         callees += [b.strip().lstrip("%") for b in branches.split(",") if b.strip()]

@@ -53,6 +53,40 @@ def test_collectives_in_a_loop_count_once_per_iteration():
           stats["all-reduce"].result_bytes) == (5, 5 * 2048, 5 * 2048)
 
 
+# TPU's compiled HLO gives no known_trip_count: the bound is read from `i < 18`.
+TPU_STYLE_LOOP_HLO = """\
+HloModule jit_step, is_scheduled=true
+
+%cond (p: (s32[], f32[512])) -> pred[] {
+  %c = s32[]{:T(128)} constant(18)
+  %p = (s32[]{:T(128)}, f32[512]{0:T(512)}) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %c), direction=LT
+}
+
+%body (q: (s32[], f32[512])) -> (s32[], f32[512]) {
+  %q = (s32[]{:T(128)}, f32[512]{0:T(512)}) parameter(0)
+  %j = s32[]{:T(128)} get-tuple-element(%q), index=0
+  %g = f32[512]{0:T(512)} get-tuple-element(%q), index=1
+  %ar = f32[512]{0:T(512)} all-reduce(%g), channel_id=1, replica_groups={{0,1}}, to_apply=%add
+  ROOT %t = (s32[]{:T(128)}, f32[512]{0:T(512)}) tuple(%j, %ar)
+}
+
+ENTRY %main (x: f32[512]) -> f32[512] {
+  %x = f32[512]{0:T(512)} parameter(0)
+  %zero = s32[]{:T(128)} constant(0)
+  %init = (s32[]{:T(128)}, f32[512]{0:T(512)}) tuple(%zero, %x)
+  %w = (s32[]{:T(128)}, f32[512]{0:T(512)}) while(%init), condition=%cond, body=%body
+  ROOT %out = f32[512]{0:T(512)} get-tuple-element(%w), index=1
+}
+"""
+
+
+def test_loop_bound_read_from_a_tpu_style_condition():
+  s = hlo_stats.collective_stats(TPU_STYLE_LOOP_HLO)
+  assert (s["all-reduce"].count, s["all-reduce"].operand_bytes) == (18, 18 * 2048)
+
+
 # The forms TPU's compiler prints: tiled layouts, async start/done pairs, tuples,
 # operands named by a fused computation's parameters, and reduce-scatter written
 # as an all-reduce inside an `all-reduce-scatter` fusion.
