@@ -5,6 +5,7 @@ drops whole samples with each block's own rate. The attention's shared-bias add
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -107,3 +108,24 @@ def test_shared_bias_add_has_the_broadcast_gradient():
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(got[1], np.sum(np.cos(x + bias) * weights, axis=(0, 1)),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_shared_bias_add_has_the_broadcast_gradient():
+  """bias (G, 4, 5, 5) shared by the middle axes of x (G, 3, 4, 5, 5)."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((2, 3, 4, 5, 5)), jnp.float32)
+  bias = jnp.asarray(rng.standard_normal((2, 4, 5, 5)), jnp.float32)
+  weights = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+  def plain(a, b):
+    return a + b[:, None]
+
+  def loss(add, a, b):
+    return jnp.sum(jnp.sin(add(a, b)) * weights)
+
+  grouped = functools.partial(add_shared_bias, grouped=True)
+  np.testing.assert_array_equal(grouped(x, bias), plain(x, bias))
+  got = jax.jit(jax.grad(lambda a, b: loss(grouped, a, b), argnums=(0, 1)))(x, bias)
+  want = jax.grad(lambda a, b: loss(plain, a, b), argnums=(0, 1))(x, bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixmim_jax import sharding, train, train_config
+from mixmim_jax import hlo_stats, sharding, train, train_config
 from mixmim_jax.train_step import compile_train_step
 import train_fixtures as tf_
 
@@ -74,6 +74,12 @@ def test_data_parallel_step_moves_no_activations(data_dir):
     assert op not in hlo, f"{op} found in the data-parallel step"
   reduces = re.findall(r"all-reduce(?:-start)?\(", hlo)
   assert reduces, "no gradient all-reduce in the data-parallel step"
+  # Only the gradients cross devices, in parameter form: the relative-position
+  # tables' gradients too (not their (heads, N, N) expansions), plus a few
+  # metric scalars.
+  sent = hlo_stats.collective_stats(hlo)["all-reduce"].operand_bytes
+  param_bytes = sum(x.size * 4 for x in jax.tree.leaves(fns.abstract_state.params))
+  assert 0 <= sent - param_bytes < 256, (sent, param_bytes)
 
 
 def test_resume_equals_uninterrupted(tmp_path, data_dir):
