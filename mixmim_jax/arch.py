@@ -52,6 +52,7 @@ class ModelConfig:
   remat: bool = False
   # Run each stack of blocks as one lax.scan (see block_stack.py): much faster
   # backward passes on CPU and a compile of one block per stack. Same numbers.
+  # Without remat, a scanned stack saves its linear layers' outputs only.
   scan_blocks: bool = True
 
   def __post_init__(self):
