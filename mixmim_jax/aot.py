@@ -182,7 +182,7 @@ def report_lines(r: dict) -> list[str]:
     lines.append(f"FLOPs per step: {r['flops_per_chip'] / 1e12:.2f} TFLOP per chip, "
                  f"{r['flops_per_step'] / 1e12:.1f} TFLOP in all = "
                  f"{r['train_gflop_per_image']:.1f} GFLOP per image")
-  lines.append("collectives per chip per step (static count, operand -> result bytes):")
+  lines.append("collectives per chip per step (executions, operand -> result bytes):")
   for kind, s in r["collectives"].items():
     if s["count"]:
       lines.append(f"  {kind:18s} x{s['count']:<4d} {s['operand_bytes'] / 2**20:10.1f} MiB -> "

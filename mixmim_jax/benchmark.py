@@ -18,7 +18,6 @@ alternate with JAX's, with torch given as many threads as XLA's CPU client uses.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -33,7 +32,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mixmim_jax import config_cli, hlo_stats, sharding, train_config  # noqa: E402
-from mixmim_jax.train_step import compile_train_step, step_flops  # noqa: E402
+from mixmim_jax.train_step import (  # noqa: E402
+    compile_train_step, step_flops, unrolled_on_one_cpu)
 
 # Whole models by name: --arch sets encoder and decoder as mmpretrain builds them.
 # "tiny" is the smallest MixMIM mmpretrain runs (ENVIRONMENT.md), for 64 px.
@@ -161,8 +161,8 @@ class JaxStep:
     self.state = fns.init(jax.random.key(0))
     host = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     self.host_images = host
-    self.images = jax.device_put(host, fns.batch_sharding)
-    self.key = key
+    # What the step takes after the state.
+    self.step_args = (jax.device_put(host, fns.batch_sharding), key)
     self.num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
     self.devices = devices
 
@@ -170,7 +170,7 @@ class JaxStep:
     times = []
     for _ in range(steps):
       t0 = time.perf_counter()
-      self.state, metrics = self.compiled(self.state, self.images, self.key)
+      self.state, metrics = self.compiled(self.state, *self.step_args)
       jax.block_until_ready((self.state, metrics))
       times.append(time.perf_counter() - t0)
     self.last_loss = float(metrics["loss"])
@@ -203,30 +203,16 @@ class FinetuneJaxStep(JaxStep):
     self.compiled = lowered.compile()
     t2 = time.perf_counter()
     self.lower_s, self.compile_s = t1 - t0, t2 - t1
-    # As in train_step.step_flops: count FLOPs on the unrolled step (one CPU device).
-    unrolled = dataclasses.replace(
-        self.plan, model=dataclasses.replace(cfg, scan_blocks=False))
-    one_cpu = sharding.make_mesh(dict(data=1, fsdp=1, model=1), jax.devices("cpu")[:1])
-    self.flops_per_step = hlo_stats.cost_flops(lower(unrolled, one_cpu)[1])
+    # As in train_step.step_flops: XLA counts a loop body once.
+    self.flops_per_step = hlo_stats.cost_flops(lower(*unrolled_on_one_cpu(self.plan))[1])
     self.state = fns.init(jax.random.key(0))
     rng = np.random.default_rng(0)
     self.host_images = rng.standard_normal(shape).astype(np.float32)
-    self.images = jax.device_put(self.host_images, fns.batch_sharding)
     labels = rng.integers(0, cfg.num_classes, shape[:1]).astype(np.int32)
-    self.labels = jax.device_put(labels, fns.batch_sharding)
-    self.key = jax.random.key(1)
+    self.step_args = (jax.device_put(self.host_images, fns.batch_sharding),
+                      jax.device_put(labels, fns.batch_sharding), jax.random.key(1))
     self.num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
     self.devices = devices
-
-  def run(self, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-      t0 = time.perf_counter()
-      self.state, metrics = self.compiled(self.state, self.images, self.labels, self.key)
-      jax.block_until_ready((self.state, metrics))
-      times.append(time.perf_counter() - t0)
-    self.last_loss = float(metrics["loss"])
-    return times
 
 
 # ------------------------------------------------------------------ reference

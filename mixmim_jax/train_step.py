@@ -128,6 +128,13 @@ def compile_train_step(plan: Plan, config, mesh) -> StepFns:
                  schedule=schedule)
 
 
+def unrolled_on_one_cpu(plan):
+  """`plan` (pretraining or fine-tuning) with its block stacks unrolled, and a
+  one-CPU-device mesh to lower it on: where FLOPs are counted (see step_flops)."""
+  unrolled = dataclasses.replace(plan, model=dataclasses.replace(plan.model, scan_blocks=False))
+  return unrolled, sharding.make_mesh(dict(data=1, fsdp=1, model=1), jax.devices("cpu")[:1])
+
+
 def step_flops(plan: Plan, config, batch_shape: tuple[int, ...]) -> float | None:
   """FLOPs of one whole train step (all devices together), from XLA's cost
   analysis of the program before partitioning.
@@ -138,8 +145,7 @@ def step_flops(plan: Plan, config, batch_shape: tuple[int, ...]) -> float | None
   lowered for one CPU device, which works wherever the step is compiled for
   (including TPU slices compiled ahead of time, which give no lowered cost).
   """
-  unrolled = dataclasses.replace(plan, model=dataclasses.replace(plan.model, scan_blocks=False))
-  mesh = sharding.make_mesh(dict(data=1, fsdp=1, model=1), jax.devices("cpu")[:1])
+  unrolled, mesh = unrolled_on_one_cpu(plan)
   fns = compile_train_step(unrolled, config, mesh)
   images = jax.ShapeDtypeStruct(batch_shape, jnp.float32, sharding=fns.batch_sharding)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
