@@ -7,6 +7,7 @@ params and optimizer state reproduces an uninterrupted run exactly.
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -18,6 +19,8 @@ class Checkpointer:
   """Keeps the last `keep` checkpoints under `directory`; saves are async."""
 
   def __init__(self, directory: str, keep: int, async_save: bool = True):
+    if "://" not in directory:   # orbax refuses relative local paths (gs:// stays as is)
+      directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(directory, options=options)

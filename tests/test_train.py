@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixmim_jax import hlo_stats, sharding, train, train_config
+from mixmim_jax import checkpointing, hlo_stats, sharding, train, train_config
 from mixmim_jax.train_step import compile_train_step
 import train_fixtures as tf_
 
@@ -252,3 +252,17 @@ def test_gradient_accumulation_averages_micro_batches(data_dir, num_devices):
   np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_checkpointer_takes_a_relative_directory(tmp_path, monkeypatch):
+  """`make run` passes a relative --workdir; orbax needs absolute local paths."""
+  monkeypatch.chdir(tmp_path)
+  ckpt = checkpointing.Checkpointer(os.path.join("runs", "checkpoints"), keep=1)
+  state = {"w": jnp.arange(4.0)}
+  assert ckpt.save(1, state, {"note": "relative"}, force=True)
+  ckpt.wait()
+  restored, meta = ckpt.restore(1, jax.eval_shape(lambda: state))
+  ckpt.close()
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  assert meta == {"note": "relative"}
+  assert ckpt.directory == str(tmp_path / "runs" / "checkpoints")
