@@ -2,6 +2,8 @@
 
   python -m mixmim_jax.benchmark --config=configs/base_pretrain.py --batch=8 --steps=10 \
       [--reference] [--json=out.json] [--config.model.dtype=bfloat16]
+  python -m mixmim_jax.benchmark --kernels --reference --config=configs/base_pretrain.py \
+      --image-size=224 --batch=8
   python -m mixmim_jax.benchmark --input-only --config=configs/base_pretrain.py \
       --synthetic-jpegs=512 --batch=64
 
@@ -14,6 +16,9 @@ matmul measured in the same run (what this backend can do at best).
 --reference also times mmpretrain 1.2.0's MixMIM (same model config, image size,
 batch, float32, AdamW step included) in the same process, in rounds that
 alternate with JAX's, with torch given as many threads as XLA's CPU client uses.
+
+--kernels times the step's matrix products one by one instead (kernel_bench.py),
+in JAX and with --reference in torch: what the products alone cost per step.
 """
 from __future__ import annotations
 
@@ -71,6 +76,9 @@ def parse_args(argv):
   p.add_argument("--synthetic-jpegs", type=int, default=0,
                  help="with --input-only: write this many ImageNet-sized JPEGs to a temp "
                       "folder and read them (data.source=folder)")
+  p.add_argument("--kernels", action="store_true",
+                 help="time the step's matrix products one by one instead (with "
+                      "--reference: in torch too); see kernel_bench.py")
   p.add_argument("--profile", default=None,
                  help="after timing, trace 2 steps into this directory and print the "
                       "busy time per kind of op and model part")
@@ -249,6 +257,37 @@ class TorchStep:
 
 
 # ------------------------------------------------------------------ the step benchmark
+class HostUsage:
+  """This process's page faults and CPU seconds inside `with` blocks, summed.
+
+  On CPU the step's working memory is allocated afresh each step (XLA's CPU
+  client mallocs it, glibc maps it anew); first-touch page faults then show up
+  as system time."""
+
+  def __init__(self):
+    self.totals = dict(minor_faults=0, system_s=0.0, user_s=0.0)
+
+  @staticmethod
+  def _now():
+    import resource  # pylint: disable=import-outside-toplevel  (POSIX only)
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return dict(minor_faults=u.ru_minflt, system_s=u.ru_stime, user_s=u.ru_utime)
+
+  def __enter__(self):
+    self._start = self._now()
+    return self
+
+  def __exit__(self, *exc):
+    end = self._now()
+    for k in self.totals:
+      self.totals[k] += end[k] - self._start[k]
+
+  def per_step(self, steps: int) -> dict:
+    import resource  # pylint: disable=import-outside-toplevel
+    return dict({k: v / steps for k, v in self.totals.items()},
+                page_bytes=resource.getpagesize())
+
+
 def _peak_memory(devices, compiled) -> dict:
   stats = [d.memory_stats() for d in devices]
   if stats and all(stats) and all("peak_bytes_in_use" in s for s in stats):
@@ -294,8 +333,10 @@ def benchmark_step(config, steps: int, warmup: int, reference: bool = False, rou
   rounds = max(1, rounds if ref else 1)
   per_round = [steps // rounds + (r < steps % rounds) for r in range(rounds)]
   jax_times, torch_times, round_ratios = [], [], []
+  host = HostUsage()
   for n in per_round:
-    jt = js.run(n)
+    with host:
+      jt = js.run(n)
     jax_times += jt
     if ref:
       tt = ref.run(n)
@@ -318,6 +359,7 @@ def benchmark_step(config, steps: int, warmup: int, reference: bool = False, rou
       result["peak_flops_per_s_per_device"] = peak
       result["mfu"] = result["flops_per_s_per_device"] / peak
   result["memory"] = _peak_memory(js.devices, js.compiled)
+  result["host_per_step"] = host.per_step(len(jax_times))
   if profile_dir:
     from mixmim_jax import profile_ops  # pylint: disable=import-outside-toplevel
     result["profile"] = profile_ops.profile(js.run, js.compiled.as_text(), profile_dir)
@@ -390,6 +432,9 @@ def _fmt_flops(x):
 
 
 def report_lines(r: dict) -> list[str]:
+  if r["kind"] == "kernels":
+    from mixmim_jax import kernel_bench  # pylint: disable=import-outside-toplevel
+    return kernel_bench.report_lines(r)
   if r["kind"] == "input_pipeline":
     b = r["batch_time"]
     return [f"input pipeline: {r['source']} ({r['num_examples']} images at {r['where']}), "
@@ -419,6 +464,12 @@ def report_lines(r: dict) -> list[str]:
   if m.get("peak_bytes_per_device") is not None:
     lines.append(f"memory: {m['peak_bytes_per_device'] / 2**20:,.1f} MiB per device "
                  f"({m['source']})")
+  if "host_per_step" in r:
+    h = r["host_per_step"]
+    touched = h["minor_faults"] * h["page_bytes"] / 2**30
+    lines.append(f"host per step: {h['minor_faults']:,.0f} minor page faults "
+                 f"({touched:.2f} GiB of pages first touched), "
+                 f"CPU {h['user_s']:.2f} s user + {h['system_s']:.2f} s system")
   if "matmul" in r:
     mm = r["matmul"]
     lines.append(f"float32 matmul {mm['size']}^3 (jax): {_fmt_flops(mm['flops_per_s'])}"
@@ -441,10 +492,22 @@ def report_lines(r: dict) -> list[str]:
   return lines
 
 
+def benchmark_kernels(config, reference: bool) -> dict:
+  from mixmim_jax import kernel_bench  # pylint: disable=import-outside-toplevel
+  if "task" in config:
+    raise ValueError("--kernels times the pretraining model's products; give a "
+                     "pretraining config (this one fine-tunes).")
+  plan = train_config.make_plan(config, num_examples=config.batch_size * 1000, num_devices=1)
+  return kernel_bench.benchmark_kernels(plan.model, config.batch_size, host_threads(),
+                                        reference)
+
+
 def main(argv=None) -> dict:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   config = build_config(args, overrides)
-  if args.input_only:
+  if args.kernels:
+    result = benchmark_kernels(config, args.reference)
+  elif args.input_only:
     with tempfile.TemporaryDirectory() as tmp:
       if args.synthetic_jpegs:
         config.data.source = "folder"

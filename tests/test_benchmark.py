@@ -1,12 +1,18 @@
 """The step and input benchmarks run end to end on a tiny model and report sane numbers."""
 from __future__ import annotations
 
+import collections
 import json
 import os
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from mixmim_jax import benchmark, config_cli, hlo_stats
+from mixmim_jax import arch, benchmark, config_cli, hlo_stats, kernel_bench
+from mixmim_jax.decoder import MixMIMPretrainModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(REPO, "configs", "base_pretrain.py")
@@ -32,6 +38,9 @@ def test_step_benchmark_json(tmp_path):
   assert r["flops_per_step"] == pytest.approx(2 * r["flops_per_step_per_device"])
   assert r["flops_per_s_per_device"] > 0 and "mfu" not in r   # no MFU on a CPU
   assert r["memory"]["peak_bytes_per_device"] > 0
+  host = r["host_per_step"]
+  assert host["user_s"] > 0 and host["system_s"] >= 0 and host["minor_faults"] >= 0
+  assert host["page_bytes"] >= 4096
   assert r["matmul"]["size"] == 128 and r["matmul"]["flops_per_s"] > 0
   assert r["step_vs_matmul_flops"] > 0
   ref = r["reference"]
@@ -105,3 +114,74 @@ def test_peak_table_matches_launch_table():
   assert hlo_stats.chip_for("NVIDIA H200") == "h200"
   assert hlo_stats.peak_flops("TPU v4", "float32") == 275e12
   assert hlo_stats.peak_flops("cpu", "float32") is None
+
+
+def _dense_products_of_the_model(cfg, batch):
+  """(m, k, n) of every Dense the pretraining model applies, read from a traced
+  forward pass: k and n from the kernel, m from the output's leading axes."""
+
+  model = MixMIMPretrainModel(cfg.replace(scan_blocks=False))
+  images = jnp.zeros((batch, cfg.img_size, cfg.img_size, 3))
+  mask = jnp.zeros((2, cfg.num_mask_cells), bool)
+  found = collections.Counter()
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.Dense):
+      kernel = context.module.variables["params"]["kernel"]
+      found[(int(np.prod(out.shape[:-1])), kernel.shape[0], kernel.shape[1])] += 1
+    return out
+
+  def forward():
+    variables = model.init(jax.random.key(0), images, mask)
+    found.clear()                      # count the apply only, not init
+    with nn.intercept_methods(record):
+      return model.apply(variables, images, mask)
+
+  jax.eval_shape(forward)
+  return found
+
+
+def test_kernel_benchmark_lists_the_models_products():
+  """The products `--kernels` times are exactly the model's: every Dense with its
+  shape and multiplicity, and attention windows as the encoder cuts them."""
+  cfg = arch.model_config("base", img_size=64, **benchmark.ARCH_PRESETS["tiny"])
+  listed = collections.Counter()
+  for layer in kernel_bench.linear_layers(cfg, batch=4):
+    listed[(layer.m, layer.k, layer.n)] += layer.count
+  assert listed == _dense_products_of_the_model(cfg, batch=4)
+  cores = {c.name: c for c in kernel_bench.attention_cores(cfg, batch=4)}
+  # 64 px, patch 4: 16x16 tokens in windows of 8 -> 4 windows x 64 tokens, 1 head of 32.
+  assert (cores["stage 0"].batch, cores["stage 0"].tokens, cores["stage 0"].head_dim) == \
+      (4 * 4 * 1, 64, 32)
+  # Decoder: 2 sequences per image, 2 heads of 32, over the 2x2 mask grid.
+  assert (cores["decoder"].batch, cores["decoder"].tokens, cores["decoder"].head_dim) == \
+      (4 * 2 * 2, 4, 32)
+
+
+def test_kernel_benchmark_runs_both_frameworks(tmp_path):
+  out = tmp_path / "kernels.json"
+  benchmark.main([f"--config={BASE}", "--arch=tiny", "--image-size=32", "--batch=2",
+                  "--kernels", "--reference", f"--json={out}"])
+  r = json.loads(out.read_text())
+  assert r["kind"] == "kernels" and r["batch"] == 2
+  for row in r["rows"]:
+    keys = ({"forward", "grad_input", "grad_weight"} if row["kind"] == "linear"
+            else {"qk", "pv", "ptg", "softmax", "softmax_grad"})
+    for side in ("jax", "torch"):
+      assert set(row[side]) == keys and all(t > 0 for t in row[side].values())
+  t = r["totals"]
+  assert t["linear_flops"] == sum(x["flops_per_step"] for x in r["rows"]
+                                  if x["kind"] == "linear")
+  for side in ("jax", "torch"):
+    assert t[f"{side}_linear_s"] == pytest.approx(sum(
+        sum(x[side].values()) for x in r["rows"] if x["kind"] == "linear"))
+    assert 0 < t[f"{side}_call_floor_s"] < 0.01
+  lines = benchmark.report_lines(r)
+  assert lines[-1].startswith("  per-call floor") and len(lines) == 2 + len(r["rows"]) + 3
+
+
+def test_kernel_benchmark_refuses_a_finetune_config():
+  with pytest.raises(ValueError, match="pretraining config"):
+    benchmark.main([f"--config={os.path.join(REPO, 'configs', 'base_finetune.py')}",
+                    "--kernels"])
