@@ -54,7 +54,11 @@ def run_blocks(parent: nn.Module, block_cls: type[nn.Module], block_kwargs: dict
     block_params, rate, key = inputs
     block = block_cls(**block_kwargs, drop_path=0.0 if no_drop_path else rate, parent=None)
     rngs = None if deterministic else {"dropout": key}
-    return block.apply({"params": block_params}, h, bias, deterministic, rngs=rngs), None
+    h = block.apply({"params": block_params}, h, bias, deterministic, rngs=rngs)
+    # Keep the carry split over the batch (its leading axis: images, or mask
+    # groups in the decoder) inside the loop, where sharding propagation under
+    # FSDP otherwise loses it. A no-op unless traced in sharding.activation_rules.
+    return nn.with_logical_constraint(h, ("batch",) + (None,) * (h.ndim - 1)), None
 
   # Without full remat the scan still saves only the linear layers' outputs
   # and recomputes the rest (attention products, softmax, LayerNorm, GELU) in

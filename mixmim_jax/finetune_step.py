@@ -178,11 +178,12 @@ def compile_steps(plan: Plan, config, mesh) -> StepFns:
   state_shardings = sharding.tree_shardings(abstract_state, mesh)
   batch = sharding.batch_sharding(mesh)
   rep = sharding.replicated(mesh)
-  step = jax.jit(functools.partial(train_step, plan=plan, config=config, tx=tx,
-                                   schedule=schedule),
+  step = jax.jit(sharding.under_activation_rules(
+      functools.partial(train_step, plan=plan, config=config, tx=tx, schedule=schedule), mesh),
                  in_shardings=(state_shardings, batch, batch, rep),
                  out_shardings=(state_shardings, rep), donate_argnums=(0,))
-  evaluate = jax.jit(functools.partial(eval_step, cfg=cfg, task=config.task),
+  evaluate = jax.jit(sharding.under_activation_rules(
+      functools.partial(eval_step, cfg=cfg, task=config.task), mesh),
                      in_shardings=(state_shardings.params, state_shardings.batch_stats,
                                    batch, batch, batch), out_shardings=rep)
   return StepFns(init=jax.jit(init, out_shardings=state_shardings),

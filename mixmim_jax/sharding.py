@@ -6,9 +6,15 @@ so each device's images form whole mask groups and MixMIM's pairs never cross
 devices. Parameters: with fsdp > 1 each large tensor is split over 'fsdp' on
 its largest divisible axis; with model > 1 the MLP and qkv kernels are split
 over 'model' (Megatron-style: output dim of fc1/qkv, input dim of fc2/proj).
+Activations: model code may name an axis "batch" (nn.with_logical_constraint);
+the steps are traced under `activation_rules`, which maps it to the batch axes.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
@@ -35,6 +41,28 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
     grid = np.asarray(devices).reshape(shape)
   # Auto axes: let XLA propagate shardings (jax.make_mesh defaults to Explicit).
   return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+# Logical activation axes (named by model code with nn.with_logical_constraint)
+# -> mesh axes. Outside `activation_rules` such constraints do nothing.
+ACTIVATION_RULES = (("batch", BATCH_AXES),)
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh):
+  """Trace model code inside this to pin its named activation axes to `mesh`."""
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+      nn.logical_axis_rules(ACTIVATION_RULES):
+    yield
+
+
+def under_activation_rules(fn, mesh: Mesh):
+  """`fn`, traced inside `activation_rules(mesh)`: wrap a step with it before jit."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with activation_rules(mesh):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

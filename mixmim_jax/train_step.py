@@ -118,8 +118,9 @@ def compile_train_step(plan: Plan, config, mesh) -> StepFns:
   batch_sharding = sharding.batch_sharding(mesh)
   rep = sharding.replicated(mesh)
   init_jit = jax.jit(init, out_shardings=state_shardings)
+  step = functools.partial(train_step, plan=plan, tx=tx, schedule=schedule, config=config)
   step_jit = jax.jit(
-      functools.partial(train_step, plan=plan, tx=tx, schedule=schedule, config=config),
+      sharding.under_activation_rules(step, mesh),
       in_shardings=(state_shardings, batch_sharding, rep),
       out_shardings=(state_shardings, rep),
       donate_argnums=(0,))
