@@ -15,9 +15,4 @@ def get_config():
   c.arch = "large"
   c.model.dtype = "bfloat16"
   c.mesh.fsdp = 2
-  # Unrolled blocks under FSDP: with the stacks scanned, XLA's sharding
-  # propagation loses the batch sharding of the scan's saved activations
-  # (AOT, large on v5p-32: 104 GiB per chip and 12 all-to-alls, against 33 GiB
-  # unrolled; BENCHMARKS.md). Data-parallel configs scan.
-  c.model.scan_blocks = False
   return c
