@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Callable
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,8 @@ from mixmim_jax.arch import ModelConfig
 @dataclasses.dataclass(frozen=True)
 class Linear:
   """`count` linear layers mapping (m, k) activations to (m, n)."""
+  kind: ClassVar[str] = "linear"
+  products: ClassVar[int] = 3      # forward, grad of the input, grad of the weight
   name: str
   m: int
   k: int
@@ -51,6 +53,8 @@ class Linear:
 class AttentionCore:
   """`count` attentions over `batch` (images x windows x heads) independent
   (tokens x tokens) problems of width head_dim."""
+  kind: ClassVar[str] = "attention"
+  products: ClassVar[int] = 6      # two forward, four backward
   name: str
   batch: int
   tokens: int
@@ -189,28 +193,21 @@ def benchmark_kernels(cfg: ModelConfig, batch: int, threads: int, reference: boo
   count in the model), in JAX and, with `reference`, in torch."""
   sides = [_Jax()] + ([_Torch(threads)] if reference else [])
   rows = []
-  for layer in linear_layers(cfg, batch):
-    row = dict(kind="linear", **dataclasses.asdict(layer),
-               flops_per_step=3 * layer.flops * layer.count)
+  for item in linear_layers(cfg, batch) + attention_cores(cfg, batch):
+    row = dict(kind=item.kind, **dataclasses.asdict(item),
+               flops_per_step=item.products * item.flops * item.count)
     for side in sides:
-      row[side.name] = {k: v * layer.count for k, v in side.linear(layer, repeats).items()}
-    rows.append(row)
-  for core in attention_cores(cfg, batch):
-    row = dict(kind="attention", **dataclasses.asdict(core),
-               flops_per_step=6 * core.flops * core.count)
-    for side in sides:
-      row[side.name] = {k: v * core.count for k, v in side.attention(core, repeats).items()}
+      times = getattr(side, item.kind)(item, repeats)     # side.linear / side.attention
+      row[side.name] = {k: v * item.count for k, v in times.items()}
     rows.append(row)
   totals = {}
-  for side in sides:
-    for kind in ("linear", "attention"):
-      totals[f"{side.name}_{kind}_s"] = sum(sum(r[side.name].values())
-                                            for r in rows if r["kind"] == kind)
+  for kind in (Linear.kind, AttentionCore.kind):
+    of_kind = [r for r in rows if r["kind"] == kind]
+    totals[f"{kind}_flops"] = sum(r["flops_per_step"] for r in of_kind)
+    for side in sides:
+      totals[f"{side.name}_{kind}_s"] = sum(sum(r[side.name].values()) for r in of_kind)
   totals.update({f"{side.name}_call_floor_s": side.call_floor(max(repeats, 20))
                  for side in sides})
-  totals["linear_flops"] = sum(r["flops_per_step"] for r in rows if r["kind"] == "linear")
-  totals["attention_flops"] = sum(r["flops_per_step"] for r in rows
-                                  if r["kind"] == "attention")
   return dict(kind="kernels", batch=batch, threads=threads, rows=rows, totals=totals)
 
 
