@@ -23,6 +23,9 @@ NUM_STAGES = 4
 # mmpretrain orders the sin-cos blocks (row, col), the authors' MAE helper (col, row);
 # "none" is an mmpretrain classifier trained from scratch (its table stays zero).
 POS_EMBED_LAYOUTS = ("row_col", "col_row", "none")
+# The decoder's table: mmpretrain's (row, col), the authors' MAE helper (col, row).
+DECODER_POS_LAYOUTS = ("row_col", "col_row")
+INIT_SCHEMES = ("mmpretrain", "authors")   # see init_schemes.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,9 @@ class ModelConfig:
   decoder_depth: int = 8
   decoder_heads: int = 16
   decoder_ln_eps: float = 1e-6     # mmpretrain; the authors' code uses 1e-5
+  decoder_pos_embed: str = "row_col"   # the authors' checkpoints: "col_row"
+  # How fresh parameters are drawn (init_schemes.py); no effect on computation.
+  init: str = "mmpretrain"
   # Compute dtype of activations; parameters always stay float32.
   dtype: str = "float32"
   # Recompute each block's activations in the backward pass (saves memory).
@@ -78,6 +84,12 @@ class ModelConfig:
            "multiples of 4 for the 2-D sin-cos position tables.")
     if self.pos_embed not in POS_EMBED_LAYOUTS:
       fail(f"pos_embed={self.pos_embed!r} is not one of {POS_EMBED_LAYOUTS}.")
+    if self.decoder_pos_embed not in DECODER_POS_LAYOUTS:
+      fail(f"decoder_pos_embed={self.decoder_pos_embed!r} is not one of "
+           f"{DECODER_POS_LAYOUTS}.")
+    if self.init not in INIT_SCHEMES:
+      fail(f"init={self.init!r} is not one of {INIT_SCHEMES} (whose init code a fresh "
+           "model follows).")
     if self.decoder_dim % self.decoder_heads:
       fail(f"decoder_dim={self.decoder_dim} is not divisible by decoder_heads="
            f"{self.decoder_heads}.")

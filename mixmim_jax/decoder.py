@@ -6,11 +6,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mixmim_jax import masking, tables
+from mixmim_jax import init_schemes, masking, tables
 from mixmim_jax.arch import ModelConfig
 from mixmim_jax.block_stack import run_blocks
 from mixmim_jax.encoder import MixMIMEncoder
-from mixmim_jax.layers import TransformerBlock, dense_init, layer_norm
+from mixmim_jax.layers import TransformerBlock, dense, layer_norm
 
 
 class MixMIMDecoder(nn.Module):
@@ -27,8 +27,8 @@ class MixMIMDecoder(nn.Module):
   @nn.compact
   def __call__(self, latent, coarse_mask, *, train: bool = False):
     cfg = self.cfg
-    x = nn.Dense(cfg.decoder_dim, dtype=cfg.dtype, kernel_init=dense_init,
-                 name="embed")(latent)
+    linear = init_schemes.scheme(cfg.init, classifier=False).decoder_linear
+    x = dense(cfg.decoder_dim, cfg.num_features, linear, cfg.dtype, "embed")(latent)
     token = self.param("mask_token", nn.initializers.normal(0.02), (cfg.decoder_dim,))
     groups = coarse_mask.shape[0]
     x = masking.split_groups(x, groups)                   # (G, S, L, D)
@@ -37,14 +37,14 @@ class MixMIMDecoder(nn.Module):
     seq1 = x * (1 - m) + token * m
     seq2 = x * m + token * (1 - m)
     x = jnp.stack([seq1, seq2], axis=2)                   # (G, S, 2, L, D)
-    pos = tables.sincos_2d(cfg.mask_grid, cfg.decoder_dim, "row_col")
+    pos = tables.sincos_2d(cfg.mask_grid, cfg.decoder_dim, cfg.decoder_pos_embed)
     x = x + jnp.asarray(pos, x.dtype)
     block_kwargs = dict(num_heads=cfg.decoder_heads, mlp_ratio=cfg.mlp_ratio,
-                        ln_eps=cfg.decoder_ln_eps, dtype=cfg.dtype)
+                        ln_eps=cfg.decoder_ln_eps, dtype=cfg.dtype, linear_init=linear)
     x = run_blocks(self, TransformerBlock, block_kwargs, x, None, (0.0,) * cfg.decoder_depth,
                    deterministic=not train, remat=cfg.remat, scan=cfg.scan_blocks)
     x = layer_norm(cfg.decoder_ln_eps, cfg.dtype, "norm")(x)
-    x = nn.Dense(cfg.target_dim, dtype=cfg.dtype, kernel_init=dense_init, name="pred")(x)
+    x = dense(cfg.target_dim, cfg.decoder_dim, linear, cfg.dtype, "pred")(x)
     x = x.astype(jnp.float32)
     b = latent.shape[0]
     return x[:, :, 0].reshape(b, *x.shape[-2:]), x[:, :, 1].reshape(b, *x.shape[-2:])

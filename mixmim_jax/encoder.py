@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixmim_jax import masking, tables
+from mixmim_jax import init_schemes, masking, tables
 from mixmim_jax.arch import NUM_STAGES, ModelConfig
 from mixmim_jax.block_stack import run_blocks
-from mixmim_jax.layers import TransformerBlock, dense_init, layer_norm
+from mixmim_jax.init_schemes import InitScheme, LinearInit
+from mixmim_jax.layers import TransformerBlock, dense, layer_norm
 
 ENCODER_LN_EPS = 1e-5
 
@@ -24,10 +25,10 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, images):
     p = self.cfg.patch_size
-    # torch Conv2d's default init: U(+-1/sqrt(fan_in)).
+    # Both references keep torch Conv2d's default init, bias included.
     x = nn.Conv(self.cfg.embed_dim, (p, p), strides=(p, p), padding="VALID",
-                dtype=self.cfg.dtype,
-                kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                dtype=self.cfg.dtype, kernel_init=init_schemes.torch_default_kernel,
+                bias_init=init_schemes.torch_default_bias(p * p * images.shape[-1]),
                 name="proj")(images)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     return layer_norm(ENCODER_LN_EPS, self.cfg.dtype, "norm")(x)
@@ -43,6 +44,7 @@ class PatchMerging(nn.Module):
   """
   resolution: int
   dtype: str = "float32"
+  linear_init: LinearInit = init_schemes.XAVIER
 
   @nn.compact
   def __call__(self, x):
@@ -50,8 +52,7 @@ class PatchMerging(nn.Module):
     r = self.resolution // 2
     x = x.reshape(b, r, 2, r, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, r * r, 4 * c)
     x = layer_norm(ENCODER_LN_EPS, self.dtype, "norm")(x)
-    return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, kernel_init=dense_init,
-                    name="reduction")(x)
+    return dense(2 * c, 4 * c, self.linear_init, self.dtype, "reduction", use_bias=False)(x)
 
 
 class Stage(nn.Module):
@@ -59,6 +60,7 @@ class Stage(nn.Module):
   cfg: ModelConfig
   index: int
   drop_path_rates: tuple[float, ...]
+  init_scheme: InitScheme
 
   @nn.compact
   def __call__(self, x, token_mask=None, *, deterministic: bool = True):
@@ -69,13 +71,15 @@ class Stage(nn.Module):
       # One bias per stage, shared by its blocks: the mask is the same throughout.
       win_mask = masking.window_partition_mask(token_mask, res, window)
       mask_bias = masking.same_source_bias(win_mask, jnp.dtype(cfg.dtype))
+    init = self.init_scheme
     block_kwargs = dict(num_heads=cfg.num_heads[s], mlp_ratio=cfg.mlp_ratio, window=window,
                         resolution=res, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
-                        ln_eps=ENCODER_LN_EPS, dtype=cfg.dtype)
+                        ln_eps=ENCODER_LN_EPS, dtype=cfg.dtype,
+                        linear_init=init.encoder_linear, table_std=init.relative_table_std)
     x = run_blocks(self, TransformerBlock, block_kwargs, x, mask_bias, self.drop_path_rates,
                    deterministic=deterministic, remat=cfg.remat, scan=cfg.scan_blocks)
     if s < NUM_STAGES - 1:
-      x = PatchMerging(res, cfg.dtype, name="downsample")(x)
+      x = PatchMerging(res, cfg.dtype, init.encoder_linear, name="downsample")(x)
     return x
 
 
@@ -85,8 +89,10 @@ class MixMIMEncoder(nn.Module):
   With `coarse_mask` (G, L) the batch is treated as G groups that each share one
   mask: tokens are mixed with the partner image right after the patch embedding
   and every attention is restricted to keys of the same source image.
+  `for_classifier` picks the classifier's init (mmpretrain draws it differently).
   """
   cfg: ModelConfig
+  for_classifier: bool = False
 
   @nn.compact
   def __call__(self, images, coarse_mask: Optional[jax.Array] = None, *,
@@ -104,12 +110,13 @@ class MixMIMEncoder(nn.Module):
     x = x + jnp.asarray(pos, x.dtype)
     x = nn.Dropout(cfg.drop_rate)(x, deterministic)
     rates = np.linspace(0.0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+    init = init_schemes.scheme(cfg.init, self.for_classifier)
     start = 0
     for s, depth in enumerate(cfg.depths):
       token_mask = None
       if coarse_mask is not None:
         token_mask = masking.upsample_mask(coarse_mask, grid, 2 ** (NUM_STAGES - 1 - s))
-      x = Stage(cfg, s, tuple(rates[start:start + depth]), name=f"layers_{s}")(
+      x = Stage(cfg, s, tuple(rates[start:start + depth]), init, name=f"layers_{s}")(
           x, token_mask, deterministic=deterministic)
       start += depth
     return layer_norm(ENCODER_LN_EPS, cfg.dtype, "norm")(x)
@@ -122,10 +129,11 @@ class MixMIMClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
-    x = MixMIMEncoder(self.cfg, name="encoder")(images, train=train)
+    cfg = self.cfg
+    x = MixMIMEncoder(cfg, for_classifier=True, name="encoder")(images, train=train)
     x = x.mean(axis=1)
-    if self.cfg.num_classes == 0:
+    if cfg.num_classes == 0:
       return x.astype(jnp.float32)
-    x = nn.Dense(self.cfg.num_classes, dtype=self.cfg.dtype,
-                 kernel_init=nn.initializers.truncated_normal(0.02), name="head")(x)
+    head_init = init_schemes.scheme(cfg.init, classifier=True).head
+    x = dense(cfg.num_classes, cfg.num_features, head_init, cfg.dtype, "head")(x)
     return x.astype(jnp.float32)

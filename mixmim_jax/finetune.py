@@ -55,7 +55,7 @@ def finetune(config, workdir: str, stop_after: int | None = None) -> dict:
   if latest is None:
     fresh = fresh_variables(plan.model, config.task, config.seed)
     params, model_cfg = finetune_init.initial_params(
-        config.init_from, config.init_step, plan.model, fresh["params"])
+        config.init_from, config.init_step, plan.model, fresh["params"], config.seed)
     if is_main:
       with open(model_path, "w") as f:
         f.write(model_cfg.to_json())

@@ -18,7 +18,7 @@ import os
 import jax
 import numpy as np
 
-from mixmim_jax import params_io
+from mixmim_jax import init_schemes, params_io
 from mixmim_jax.arch import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,8 @@ def adapt(src_cfg: ModelConfig, src_params, dst_cfg: ModelConfig, fresh_params):
   return tree, report
 
 
-def initial_params(config_init_from: str, init_step: int, dst_cfg: ModelConfig, fresh_params):
+def initial_params(config_init_from: str, init_step: int, dst_cfg: ModelConfig, fresh_params,
+                   seed: int = 0):
   """(params, model config) to start from; logs what was loaded and what is fresh."""
   if not config_init_from:
     logger.info("init: from scratch (%d tensors freshly initialised)",
@@ -152,6 +153,14 @@ def initial_params(config_init_from: str, init_step: int, dst_cfg: ModelConfig, 
     params = {"encoder": params["encoder"]}          # the decoder is not needed
   dst_cfg = dst_cfg.replace(pos_embed=src_cfg.pos_embed)
   tree, report = adapt(src_cfg, params, dst_cfg, fresh_params)
+  head_std = init_schemes.HEAD_STD_AFTER_LOAD.get(dst_cfg.init)
+  if head_std and "head/kernel" in report["fresh"]:
+    # The authors' fine-tuning redraws the head of a loaded model.
+    shape = np.shape(tree["head"]["kernel"])
+    tree["head"]["kernel"] = (head_std * np.random.default_rng(seed).standard_normal(shape)
+                              ).astype(np.float32)
+    logger.info("init: head weight drawn from N(0, %g), as the %s fine-tuning does",
+                head_std, dst_cfg.init)
   logger.info("init: %d tensors loaded from the %s", len(report["loaded"]), where)
   if report["resized"]:
     logger.info("init: relative position bias tables resized for windows %s (were %s): %s",

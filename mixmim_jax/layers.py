@@ -16,11 +16,16 @@ import jax
 import jax.numpy as jnp
 
 from mixmim_jax import tables
+from mixmim_jax.init_schemes import XAVIER, LinearInit
 
 Dtype = Any
 
-# Dense layers follow the references' pretraining init (xavier uniform, zero bias).
-dense_init = nn.initializers.xavier_uniform()
+
+def dense(features: int, fan_in: int, init: LinearInit, dtype: Dtype, name: str,
+          use_bias: bool = True) -> nn.Dense:
+  """A Linear layer drawn from `init` (its bias init needs the input width)."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=init.kernel(),
+                  bias_init=init.bias(fan_in), name=name)
 
 
 def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
@@ -87,14 +92,15 @@ class Mlp(nn.Module):
   hidden: int
   drop: float = 0.0
   dtype: Dtype = jnp.float32
+  linear_init: LinearInit = XAVIER
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
     dim = x.shape[-1]
-    x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=dense_init, name="fc1")(x)
+    x = dense(self.hidden, dim, self.linear_init, self.dtype, "fc1")(x)
     x = nn.gelu(x, approximate=False)
     x = nn.Dropout(self.drop)(x, deterministic)
-    x = nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name="fc2")(x)
+    x = dense(dim, self.hidden, self.linear_init, self.dtype, "fc2")(x)
     return nn.Dropout(self.drop)(x, deterministic)
 
 
@@ -110,6 +116,8 @@ class Attention(nn.Module):
   attn_drop: float = 0.0
   proj_drop: float = 0.0
   dtype: Dtype = jnp.float32
+  linear_init: LinearInit = XAVIER
+  table_std: float = 0.0          # the relative-position table's N(0, std); 0: zeros
 
   @nn.compact
   def __call__(self, x, bias=None, *, deterministic: bool, grouped: bool = False):
@@ -117,14 +125,15 @@ class Attention(nn.Module):
     follow the batch's device shards."""
     *_, n, dim = x.shape
     head_dim = dim // self.num_heads
-    qkv = nn.Dense(3 * dim, dtype=self.dtype, kernel_init=dense_init, name="qkv")(x)
+    qkv = dense(3 * dim, dim, self.linear_init, self.dtype, "qkv")(x)
     qkv = qkv.reshape(*qkv.shape[:-1], 3, self.num_heads, head_dim)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
     logits = jnp.einsum("...qhd,...khd->...hqk", q, k)
     if self.window is not None:
-      table = self.param("relative_position_bias_table",
-                         nn.initializers.truncated_normal(0.02),
+      table_init = (nn.initializers.normal(self.table_std) if self.table_std
+                    else nn.initializers.zeros)
+      table = self.param("relative_position_bias_table", table_init,
                          ((2 * self.window - 1) ** 2, self.num_heads))
       index = tables.relative_position_index(self.window).reshape(-1)
       if grouped:
@@ -145,7 +154,7 @@ class Attention(nn.Module):
     weights = nn.Dropout(self.attn_drop)(weights, deterministic)
     out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
     out = out.reshape(*out.shape[:-2], dim)
-    out = nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name="proj")(out)
+    out = dense(dim, dim, self.linear_init, self.dtype, "proj")(out)
     return nn.Dropout(self.proj_drop)(out, deterministic)
 
 
@@ -166,13 +175,15 @@ class TransformerBlock(nn.Module):
   drop_path: float = 0.0
   ln_eps: float = 1e-5
   dtype: Dtype = jnp.float32
+  linear_init: LinearInit = XAVIER
+  table_std: float = 0.0
 
   @nn.compact
   def __call__(self, x, mask_bias=None, deterministic: bool = True):
     dim = x.shape[-1]
     h = layer_norm(self.ln_eps, self.dtype, "ln1")(x)
     attn = Attention(self.num_heads, self.window, self.attn_drop, self.drop,
-                     self.dtype, name="attn")
+                     self.dtype, self.linear_init, self.table_std, name="attn")
     if self.window is None:
       h = attn(h, mask_bias, deterministic=deterministic)
     else:
@@ -190,5 +201,6 @@ class TransformerBlock(nn.Module):
                            nh=n, nw=n, wh=self.window, ww=self.window)
     x = x + DropPath(self.drop_path)(h, deterministic)
     h = layer_norm(self.ln_eps, self.dtype, "ln2")(x)
-    h = Mlp(int(dim * self.mlp_ratio), self.drop, self.dtype, name="ffn")(h, deterministic)
+    h = Mlp(int(dim * self.mlp_ratio), self.drop, self.dtype, self.linear_init,
+            name="ffn")(h, deterministic)
     return x + DropPath(self.drop_path)(h, deterministic)

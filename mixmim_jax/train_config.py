@@ -21,6 +21,8 @@ def model_fields(**extra) -> ml_collections.ConfigDict:
       num_heads=ml_collections.FieldReference(None, field_type=tuple),
       window_sizes=(14, 14, 14, 7), patch_size=4, mlp_ratio=4.0,
       drop_rate=0.0, attn_drop_rate=0.0, dtype="float32", remat=False, scan_blocks=True,
+      init="mmpretrain",            # or "authors": whose init code fresh tensors follow
+      pos_embed="row_col",          # the encoder's fixed table; the authors': "col_row"
       **extra))
 
 
@@ -31,7 +33,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
 
   c.arch = "base"
   c.model = model_fields(drop_path_rate=0.0, decoder_dim=512, decoder_depth=8,
-                         decoder_heads=16, decoder_ln_eps=1e-6)
+                         decoder_heads=16, decoder_ln_eps=1e-6, decoder_pos_embed="row_col")
 
   c.data = data.default_config()
 

@@ -91,3 +91,38 @@ def to_official_state_dict(sd: dict[str, np.ndarray], cfg: ModelConfig) -> dict[
       value = value[..., perm] if k.endswith("reduction.weight") else value[perm]
     out[k] = value
   return out
+
+
+def assert_same_distribution(name: str, ours: np.ndarray, theirs: np.ndarray) -> None:
+  """`ours` was drawn like `theirs`: both zero, both the same constant, or both
+  zero-mean random of one family (uniform or normal) and one scale, within
+  sampling error (n values: a sample std's relative error is about 1/sqrt(2n))."""
+  ours, theirs = np.asarray(ours, np.float64).ravel(), np.asarray(theirs, np.float64).ravel()
+  assert ours.shape == theirs.shape, f"{name}: {ours.shape} vs {theirs.shape}"
+  if not theirs.any():
+    assert not ours.any(), f"{name}: reference starts at zero, ours has std {ours.std():.3g}"
+    return
+  if np.all(theirs == theirs[0]):
+    np.testing.assert_array_equal(ours, theirs[0], err_msg=f"{name}: reference is constant")
+    return
+  n = theirs.size
+  std_o, std_t = ours.std(), theirs.std()
+  assert std_o > 0, f"{name}: ours is constant, reference has std {std_t:.3g}"
+  tol = 6 / np.sqrt(n) + 0.01
+  assert abs(std_o / std_t - 1) <= tol, \
+      f"{name}: std {std_o:.4g} vs reference {std_t:.4g} (n={n}, tolerance {tol:.2f})"
+  for label, x in (("ours", ours), ("reference", theirs)):
+    assert abs(x.mean()) <= 6 * x.std() / np.sqrt(n), f"{name}: {label} mean {x.mean():.3g}"
+  if n >= 500:
+    # The largest |x| of a uniform draw is sqrt(3) = 1.73 std; of >= 500 normal
+    # values it is above 2 std (all below has probability < 1e-10).
+    uniform_o = np.abs(ours).max() < 2 * std_o
+    uniform_t = np.abs(theirs).max() < 2 * std_t
+    assert uniform_o == uniform_t, (
+        f"{name}: ours looks {'uniform' if uniform_o else 'normal'}, the reference "
+        f"{'uniform' if uniform_t else 'normal'} (max|x| / std {np.abs(ours).max() / std_o:.2f} "
+        f"vs {np.abs(theirs).max() / std_t:.2f})")
+    if uniform_t:
+      bound_o, bound_t = np.abs(ours).max(), np.abs(theirs).max()
+      assert abs(bound_o / bound_t - 1) <= 20 / n + 0.01, \
+          f"{name}: uniform bound {bound_o:.4g} vs reference {bound_t:.4g}"
