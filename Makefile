@@ -29,5 +29,9 @@ $(PY):
 setup: system-packages $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 
+# timm 0.4.12 runs the authors' code in tests/test_authors.py (given a checkout of
+# Sense-X/MixMIM, see tests/authors_reference.py); --no-deps, as its requirements
+# would replace the CPU torch with a CUDA build.
 setup-test: system-packages $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps timm==0.4.12

@@ -13,6 +13,7 @@ torch is imported only here, never by the model code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jax
@@ -40,9 +41,24 @@ def param_shapes(cfg: ModelConfig, kind: str):
   return api.param_shapes(cfg, kind)
 
 
+def decoder_heads(checkpoint, given: int | None = None) -> tuple[int, str]:
+  """(decoder heads, how they were chosen): `given`, else what the checkpoint
+  records (torch_format.recorded_decoder_heads), else the references' 16."""
+  if given is not None:
+    return given, "given with --decoder-heads"
+  heads, where = torch_format.recorded_decoder_heads(checkpoint)
+  if heads is not None:
+    return heads, f"read from {where}"
+  return (torch_format.DEFAULT_DECODER_HEADS,
+          f"{torch_format.DEFAULT_DECODER_HEADS} assumed ({where}; the tensors do not show "
+          "it): pass --decoder-heads=N if the model had N")
+
+
 def import_state_dict(checkpoint, **overrides):
-  """(config, kind, params) from a loaded torch checkpoint object (dict)."""
+  """(config, kind, params, format) from a loaded torch checkpoint object (dict).
+  Decoder heads come from `overrides`, else from what the checkpoint records."""
   fmt, sd = torch_format.unwrap(checkpoint)
+  overrides.setdefault("decoder_heads", decoder_heads(checkpoint)[0])
   cfg, kind = torch_format.infer_config(sd, fmt, **overrides)
   model_kind = "classifier" if kind == torch_format.ENCODER else kind
   shapes = param_shapes(cfg, model_kind)
@@ -51,18 +67,55 @@ def import_state_dict(checkpoint, **overrides):
 
 
 def load_torch_checkpoint(path: str, trust: bool = False):
+  """The checkpoint object with tensors as NumPy arrays.
+
+  Read with torch's weights_only unpickler, which runs no code from the file.
+  Checkpoints also carry other objects: the authors' training `args`
+  (argparse.Namespace, read as is), mmengine's message hub and the like (read
+  as inert stand-ins, since only the tensors and the config text are used).
+  `trust` unpickles everything instead (only for files you trust)."""
   torch = _torch()
+  if not os.path.isfile(path):
+    raise SystemExit(f"checkpoint {path!r} does not exist.")
+  if trust:
+    return _tensors_to_numpy(torch.load(path, map_location="cpu", weights_only=False))
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except FileNotFoundError as e:
-    raise SystemExit(f"checkpoint {path!r} does not exist.") from e
+    extra = _stand_ins(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+  except Exception:  # pylint: disable=broad-except
+    extra = []     # not a zip checkpoint: torch.load below says what it is
+  try:
+    with torch.serialization.safe_globals(extra):
+      obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
-    if not trust:
-      raise SystemExit(
-          f"{path!r} could not be read as plain tensors ({type(e).__name__}: {e}); if you "
-          "trust the file, rerun with --trust-checkpoint to allow pickled objects.") from e
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    raise SystemExit(f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else 'no detail'}).") from e
   return _tensors_to_numpy(obj)
+
+
+class _StandIn:
+  """Takes the place of a pickled object of a class we do not need: built from
+  any arguments, keeps nothing."""
+
+  def __new__(cls, *args, **kwargs):  # pylint: disable=unused-argument
+    return object.__new__(cls)
+
+  def __init__(self, *args, **kwargs):  # pylint: disable=unused-argument
+    pass
+
+  def __setstate__(self, state):  # pylint: disable=unused-argument
+    pass
+
+
+def _stand_ins(names: list[str]) -> list:
+  """Safe globals for weights_only loading: argparse.Namespace itself (the
+  authors' args, read for the decoder heads), an inert _StandIn for the rest."""
+  out = []
+  for name in names:
+    if name == "argparse.Namespace":
+      out.append(argparse.Namespace)
+    else:
+      out.append((type(name.rsplit(".", 1)[-1], (_StandIn,), {}), name))
+  return out
 
 
 def _tensors_to_numpy(obj):
@@ -88,25 +141,29 @@ def main(argv=None) -> int:
   parser.add_argument("dst")
   parser.add_argument("--format", choices=torch_format.FORMATS, default=torch_format.MMPRETRAIN,
                       help="layout of the .pth written when exporting (default mmpretrain)")
-  parser.add_argument("--decoder-heads", type=int, default=16,
-                      help="decoder attention heads (not visible in the tensors; both "
-                           "references use 16)")
+  parser.add_argument("--decoder-heads", type=int, default=None,
+                      help="decoder attention heads (not visible in the tensors; default: "
+                           "what the checkpoint's config or args record, else 16)")
   parser.add_argument("--trust-checkpoint", action="store_true",
                       help="allow pickled Python objects in the .pth (only for files you trust)")
   args = parser.parse_args(argv)
 
   if args.src.endswith(TORCH_SUFFIXES):
     checkpoint = load_torch_checkpoint(args.src, args.trust_checkpoint)
+    heads, heads_note = decoder_heads(checkpoint, args.decoder_heads)
     try:
-      cfg, kind, params, fmt = import_state_dict(checkpoint, decoder_heads=args.decoder_heads)
+      cfg, kind, params, fmt = import_state_dict(checkpoint, decoder_heads=heads)
     except (torch_format.CheckpointMismatch, ValueError) as e:
       raise SystemExit(f"{args.src}: {e}") from e
     save_params(args.dst, cfg, kind, params)
     count = sum(np.size(x) for x in jax.tree.leaves(params))
+    decoder = (f"; decoder dim {cfg.decoder_dim}, depth {cfg.decoder_depth}, "
+               f"{cfg.decoder_heads} heads ({heads_note}), "
+               f"table {cfg.decoder_pos_embed}" if kind == torch_format.PRETRAIN else "")
     print(f"{args.src}: {fmt} {kind} checkpoint, embed_dim={cfg.embed_dim} "
           f"depths={cfg.depths} heads={cfg.num_heads} windows={cfg.effective_windows} "
-          f"img_size={cfg.img_size} classes={cfg.num_classes} pos_embed={cfg.pos_embed}; "
-          f"{count:,} parameters -> {args.dst}")
+          f"img_size={cfg.img_size} classes={cfg.num_classes} pos_embed={cfg.pos_embed}"
+          f"{decoder}; {count:,} parameters -> {args.dst}")
     return 0
 
   if not args.dst.endswith(TORCH_SUFFIXES):

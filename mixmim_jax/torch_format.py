@@ -9,6 +9,7 @@ buffers the reference modules register, so `load_state_dict(strict=True)` works.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any, Iterator, Mapping
@@ -119,7 +120,8 @@ def _fixed_tables(cfg: ModelConfig, fmt: str, kind: str) -> dict[str, np.ndarray
   out = {f"{n['enc']}absolute_pos_embed":
          tables.absolute_pos_embed(cfg.patch_grid, cfg.embed_dim, cfg.pos_embed)[None]}
   if kind == PRETRAIN:
-    out[n["decoder_pos"]] = tables.sincos_2d(cfg.mask_grid, cfg.decoder_dim, "row_col")[None]
+    out[n["decoder_pos"]] = tables.sincos_2d(cfg.mask_grid, cfg.decoder_dim,
+                                             cfg.decoder_pos_embed)[None]
   return out
 
 
@@ -160,16 +162,21 @@ def detect_kind(sd: Mapping[str, np.ndarray], fmt: str) -> str:
   return ENCODER
 
 
-def _pos_layout(table: np.ndarray, grid: int, dim: int) -> str:
+def _pos_layout(key: str, table: np.ndarray, grid: int, dim: int, zero_allowed: bool) -> str:
+  """Which 2-D sin-cos layout a stored (fixed) position table has."""
+  if table.size != grid * grid * dim:
+    raise CheckpointMismatch(f"'{key}' has shape {table.shape}; expected {grid * grid} "
+                             f"positions of width {dim}.")
   table = table.reshape(grid * grid, dim)
-  if not np.any(table):
+  if zero_allowed and not np.any(table):
     return "none"
   for layout in ("row_col", "col_row"):
     if np.allclose(table, tables.sincos_2d(grid, dim, layout), atol=1e-5):
       return layout
   raise CheckpointMismatch(
-      f"absolute_pos_embed of shape {table.shape} is neither of the references' 2-D "
-      "sin-cos tables (row/col or col/row order) nor zero; it cannot be recomputed.")
+      f"'{key}' of shape {table.shape} is neither of the references' 2-D sin-cos tables "
+      f"(row/col or col/row order){' nor zero' if zero_allowed else ''}; it cannot be "
+      "recomputed.")
 
 
 def _need(sd: Mapping[str, np.ndarray], key: str) -> np.ndarray:
@@ -179,8 +186,9 @@ def _need(sd: Mapping[str, np.ndarray], key: str) -> np.ndarray:
 
 
 def infer_config(sd: Mapping[str, np.ndarray], fmt: str, **overrides) -> tuple[ModelConfig, str]:
-  """(ModelConfig, kind) read off the tensors' shapes. Decoder heads are not
-  visible in the tensors: 16 (both references) unless overridden."""
+  """(ModelConfig, kind) read off the tensors' shapes and fixed tables. Decoder
+  heads are not visible in the tensors: 16 (both references) unless overridden
+  (see `recorded_decoder_heads`)."""
   n, e = _NAMES[fmt], _NAMES[fmt]["enc"]
   kind = detect_kind(sd, fmt)
   proj = _need(sd, f"{e}{n['patch_proj']}.weight")
@@ -206,8 +214,8 @@ def infer_config(sd: Mapping[str, np.ndarray], fmt: str, **overrides) -> tuple[M
       embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(heads),
       window_sizes=tuple(windows), img_size=grid * patch, patch_size=patch,
       in_chans=in_chans, mlp_ratio=fc1.shape[0] / fc1.shape[1],
-      pos_embed=_pos_layout(sd[pos_key], grid, embed_dim), num_classes=0,
-      decoder_ln_eps=DECODER_LN_EPS[fmt])
+      pos_embed=_pos_layout(pos_key, sd[pos_key], grid, embed_dim, zero_allowed=True),
+      num_classes=0, decoder_ln_eps=DECODER_LN_EPS[fmt])
   if kind == CLASSIFIER:
     fields["num_classes"] = sd[f"{n['head']}.weight"].shape[0]
   if kind == PRETRAIN:
@@ -216,8 +224,49 @@ def infer_config(sd: Mapping[str, np.ndarray], fmt: str, **overrides) -> tuple[M
     fields["decoder_depth"] = 1 + max(
         int(m.group(1)) for k in sd
         if (m := re.match(rf"{re.escape(d)}{n['dec_block']}\.(\d+)\.", k)))
+    # Both references store the decoder's fixed table: mmpretrain (row, col),
+    # the authors' MAE helper (col, row), the order of their encoder table.
+    dec_key = n["decoder_pos"]
+    fields["decoder_pos_embed"] = _pos_layout(
+        dec_key, _need(sd, dec_key), grid // 8, fields["decoder_dim"],   # the mask grid
+        zero_allowed=False)
   fields.update(overrides)
   return ModelConfig(**fields), kind
+
+
+# Decoder heads of the models the authors' models_mixmim.py registers; their
+# checkpoints name the model in args.model.
+AUTHORS_DECODER_HEADS = {"mixmim_base": 16, "mixmim_large": 16, "mixmim_huge": 16}
+# Both references' default when nothing is recorded.
+DEFAULT_DECODER_HEADS = 16
+
+
+def recorded_decoder_heads(checkpoint: Any) -> tuple[int | None, str]:
+  """(decoder heads, where they were read) from what a checkpoint records beside
+  its tensors, or (None, why not): mmengine's `meta['cfg']` (the config text),
+  the authors' `args` (the model they built), or our own export's `meta['config']`."""
+  if not isinstance(checkpoint, Mapping):
+    return None, "the checkpoint is a bare state dict"
+  meta = checkpoint.get("meta")
+  if isinstance(meta, Mapping):
+    text = meta.get("cfg")
+    if isinstance(text, str):
+      found = re.findall(r"decoder_num_heads\s*=\s*(\d+)", text)
+      if found:
+        return int(found[-1]), "meta['cfg'] (the mmengine config it was trained with)"
+    ours = meta.get("config")
+    if isinstance(ours, str) and '"decoder_heads"' in ours:
+      return int(json.loads(ours)["decoder_heads"]), "meta['config'] (a mixmim_jax export)"
+  args = checkpoint.get("args")
+  if args is not None:
+    args = vars(args) if hasattr(args, "__dict__") else args
+    if isinstance(args, Mapping):
+      if "decoder_num_heads" in args:
+        return int(args["decoder_num_heads"]), "args.decoder_num_heads"
+      model = args.get("model")
+      if model in AUTHORS_DECODER_HEADS:
+        return AUTHORS_DECODER_HEADS[model], f"args.model={model!r} (the authors' registry)"
+  return None, "no config or args recorded in the checkpoint"
 
 
 # ---------------------------------------------------------------------------

@@ -351,3 +351,54 @@ def test_infer_config_from_mmpretrain_state_dict(windows, effective):
       torch_format.flax_to_state_dict(zeros, cfg, "classifier", MM), MM)
   assert kind2 == "classifier"
   assert got2 == cfg.replace(window_sizes=effective, decoder_ln_eps=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# (e) What checkpoints carry besides tensors: read without trusting the file.
+
+class TrainingLogEntry:
+  """Stands for the objects training checkpoints pickle beside the tensors
+  (mmengine's HistoryBuffer in its message hub, for one)."""
+
+  def __init__(self):
+    self.values = np.arange(3.0)
+
+
+def test_decoder_heads_come_from_the_mmengine_config_text(tmp_path, pretrain_params, capsys):
+  sd = torch_format.flax_to_state_dict(pretrain_params, CFG, "pretrain", MM)
+  cfg_text = ("model = dict(\n    type='MixMIM',\n    neck=dict(\n        type='MixMIMPretrainDecoder',"
+              f"\n        decoder_embed_dim=64,\n        decoder_num_heads={CFG.decoder_heads},"
+              "\n        decoder_depth=2))\n")
+  path = tmp_path / "epoch_300.pth"
+  torch.save({"meta": {"cfg": cfg_text, "epoch": 300}, "state_dict": torch_tensors(sd),
+              "message_hub": {"log_scalars": {"train/loss": TrainingLogEntry()}}}, path)
+  assert convert.main([str(path), str(tmp_path / "out.msgpack")]) == 0
+  assert "2 heads (read from meta['cfg']" in capsys.readouterr().out
+  assert load_params(str(tmp_path / "out.msgpack")).config.decoder_heads == 2
+
+
+def test_decoder_heads_come_from_the_authors_args(tmp_path):
+  import argparse  # pylint: disable=import-outside-toplevel
+  cfg = CFG.replace(decoder_heads=16)
+  params = api.init_params(cfg, "pretrain", 0)
+  path = tmp_path / "checkpoint.pth"
+  torch.save({"model": torch_tensors(torch_format.flax_to_state_dict(params, cfg, "pretrain",
+                                                                     OFFICIAL)),
+              "epoch": 599, "args": argparse.Namespace(model="mixmim_base", blr=1.5e-4)}, path)
+  checkpoint = convert.load_torch_checkpoint(str(path))
+  assert convert.decoder_heads(checkpoint) == (16, "read from args.model='mixmim_base' "
+                                                   "(the authors' registry)")
+  assert convert.decoder_heads(checkpoint, 4)[0] == 4
+  assert convert.import_state_dict(checkpoint)[0].decoder_heads == 16
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 100])
+def test_unreadable_torch_file_is_one_sentence(tmp_path, content):
+  path = tmp_path / "broken.pth"
+  path.write_bytes(content)
+  with pytest.raises(SystemExit) as err:
+    convert.main([str(path), str(tmp_path / "out.msgpack")])
+  msg = str(err.value)
+  assert msg.startswith(f"'{path}' is not a readable PyTorch checkpoint") and "\n" not in msg
+  assert "--trust-checkpoint" not in msg
+  assert not (tmp_path / "out.msgpack").exists()

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mixmim_jax import api, convert, torch_format  # noqa: E402
+from mixmim_jax import api, convert, tables, torch_format  # noqa: E402
 from mixmim_jax.arch import model_config  # noqa: E402
 from mixmim_jax import torch_reference as ref  # noqa: E402
 import torch_helpers as th  # noqa: E402
@@ -48,13 +48,19 @@ def run_pretrain_parity(cfg, batch, seed, fmt=torch_format.MMPRETRAIN):
   pos_layout = "row_col" if fmt == torch_format.MMPRETRAIN else "col_row"
   model = ref.build_pretrain_model(cfg)
   th.randomize_(model, seed, pos_layout, cfg)
+  if fmt == torch_format.OFFICIAL:
+    # The authors' decoder table has their encoder table's (col, row) order.
+    with torch.no_grad():
+      model.neck.decoder_pos_embed.copy_(torch.from_numpy(
+          tables.sincos_2d(cfg.mask_grid, cfg.decoder_dim, "col_row"))[None])
   sd = th.numpy_state_dict(model)
   checkpoint = ({"state_dict": sd} if fmt == torch_format.MMPRETRAIN
                 else {"model": th.to_official_state_dict(sd, cfg)})
   got_cfg, kind, params, got_fmt = convert.import_state_dict(
       checkpoint, decoder_heads=cfg.decoder_heads)
   assert (got_fmt, kind) == (fmt, "pretrain")
-  assert got_cfg.replace(num_classes=cfg.num_classes) == cfg.replace(pos_embed=pos_layout)
+  assert got_cfg.replace(num_classes=cfg.num_classes) == cfg.replace(
+      pos_embed=pos_layout, decoder_pos_embed=pos_layout)
   cfg = got_cfg
 
   rng = np.random.default_rng(seed + 1)
@@ -124,7 +130,8 @@ def test_tiny_pretrain_parity_odd_batch():
 
 def test_tiny_pretrain_parity_authors_format():
   """Authors' state dict (keys under `model`, timm merge order, MAE col/row sin-cos
-  table) with their decoder LayerNorm eps 1e-5."""
+  tables in encoder and decoder) with their decoder LayerNorm eps 1e-5, made by
+  renaming mmpretrain's; test_authors.py runs checkpoints of their own code."""
   run_pretrain_parity(tiny_config(decoder_ln_eps=1e-5), batch=4, seed=20,
                       fmt=torch_format.OFFICIAL)
 
