@@ -31,7 +31,7 @@ class LinearProbe(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
-    x = MixMIMEncoder(self.cfg, name="encoder")(images, train=False)
+    x = MixMIMEncoder(self.cfg, for_classifier=True, name="encoder")(images, train=False)
     x = jax.lax.stop_gradient(x.mean(axis=1).astype(jnp.float32))
     x = nn.BatchNorm(use_running_average=not train, use_bias=False, use_scale=False,
                      momentum=0.9, epsilon=PROBE_BN_EPS, name="feature_norm")(x)
@@ -82,19 +82,25 @@ def make_tx(plan: Plan, config, params_shapes):
   # Masks as functions of the params they see: under the linear probe's
   # multi_transform the frozen encoder arrives as an empty node.
   matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+  decay_mask = lambda p: optim.weight_decay_mask(p, cfg, "classifier", o.wd_rule,  # noqa: E731
+                                                 finetune=True)
   if o.name == "lars":   # MAE's LARS: no trust ratio and no decay on 1-D tensors
     inner = optax.lars(schedule, weight_decay=o.weight_decay, momentum=o.momentum,
                        trust_ratio_mask=matrices, weight_decay_mask=matrices)
-  else:
+  elif o.layer_decay == 1.0:
     inner = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                        mask=lambda p: optim.weight_decay_mask(p, cfg, "classifier",
-                                                               o.wd_rule, finetune=True))
+                        mask=decay_mask)
+  else:
+    # optax.adamw with a learning-rate schedule per layer (torch's param groups).
+    scales = layer_decay.lr_scales(params_shapes, cfg, o.layer_decay, o.layer_decay_rule)
+    inner = optax.chain(
+        optax.scale_by_adam(o.b1, o.b2, o.eps),
+        optax.add_decayed_weights(o.weight_decay, decay_mask),
+        layer_decay.scale_by_schedules(layer_decay.group_schedules(
+            scales, plan.lr, plan.total_steps, plan.warmup_steps, o.warmup_start_factor,
+            o.end_lr, o.layer_decay_rule)))
   chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm > 0 else []
-  chain.append(inner)
-  if o.layer_decay != 1.0:
-    chain.append(layer_decay.scale_by_tree(layer_decay.lr_scales(
-        params_shapes, cfg, o.layer_decay, o.layer_decay_rule)))
-  tx = optax.chain(*chain)
+  tx = optax.chain(*chain, inner)
   if config.task == "linprobe":
     # Only the head learns; the frozen encoder has no optimizer state at all.
     labels = {k: ("train" if k == "head" else "freeze") for k in params_shapes}

@@ -14,12 +14,13 @@ compare them against mmpretrain's name-based `get_layer_depth` independently.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from mixmim_jax import optim
 from mixmim_jax.arch import ModelConfig
 
 RULES = ("mmpretrain", "authors")
@@ -68,24 +69,40 @@ def lr_scales(params, cfg: ModelConfig, decay_rate: float, rule: str = "mmpretra
                       layer_ids(params, cfg, rule))
 
 
-class _Empty(NamedTuple):
-  pass
+def group_schedules(scales, lr: float, total_steps: int, warmup_steps: int,
+                    start_factor: float, end_lr: float, rule: str = "mmpretrain"):
+  """A tree of per-leaf learning-rate schedules (step -> lr) for layer decay.
+
+  Both references give each layer the peak lr x its scale, warmed up from
+  start_factor x that. They differ where the cosine ends: mmengine anneals each
+  param group to the absolute eta_min (`end_lr`), so a deep layer whose scaled
+  peak lies below eta_min rises to it (base: the stem's 2.7e-7 -> 1e-6); the
+  authors' lr_sched scales the whole schedule, its floor included."""
+  if rule not in RULES:
+    raise ValueError(f"layer-decay rule {rule!r}; expected one of {RULES}.")
+  base = optim.warmup_cosine(lr, total_steps, warmup_steps, start_factor, end_lr)
+
+  def schedule(scale):
+    if rule == "mmpretrain":
+      return optim.warmup_cosine(scale * lr, total_steps, warmup_steps, start_factor, end_lr)
+    return lambda step: scale * base(step)
+
+  return jax.tree.map(schedule, scales)
 
 
-def scale_by_tree(scales) -> optax.GradientTransformation:
-  """Multiplies each update leaf by its (constant) scale.
-
-  Placed after AdamW (whose update already holds -lr * (adam + wd * param)),
-  this equals torch's per-group lr = base_lr * scale, which scales both the
-  Adam step and the decoupled weight decay of that group."""
+def scale_by_schedules(schedules) -> optax.GradientTransformation:
+  """optax.scale_by_learning_rate with one schedule per leaf (a tree like the
+  updates): each update is multiplied by -schedule(step)."""
 
   def init(params):
     del params
-    return _Empty()
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
 
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+    out = jax.tree.map(lambda u, lr: -jnp.asarray(lr(state.count), u.dtype) * u, updates,
+                       schedules)
+    return out, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init, update)
 

@@ -27,7 +27,13 @@ class TrainState:
 class StepFns:
   """The compiled entry points and what they were compiled for."""
   init: Callable[[jax.Array], TrainState]
+  from_params: Callable[[Any], TrainState]    # a state at step 0 around given params
   step: Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]
+  # The same step with its masks given (after the key) rather than drawn, of
+  # shape (grad_accum_steps, num_groups, cells): to replay a run or compare it
+  # with the reference.
+  replay_step: Callable[[TrainState, jax.Array, jax.Array, jax.Array],
+                        tuple[TrainState, dict]]
   state_shardings: Any
   batch_sharding: Any
   abstract_state: Any
@@ -47,12 +53,16 @@ def make_tx(plan: Plan, optim_config, params_shapes):
       schedule
 
 
+def state_from_params(params, tx) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
 def init_state(key, plan: Plan, tx) -> TrainState:
   cfg = plan.model
   model = MixMIMPretrainModel(cfg)
   images = jnp.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
   params = model.init(key, images, jnp.zeros((1, cfg.num_mask_cells)))["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return state_from_params(params, tx)
 
 
 def _micro_batches(images, plan: Plan, accum: int):
@@ -73,9 +83,13 @@ def loss_fn(params, images, masks, dropout_key, plan: Plan, norm_pix: bool):
   return loss
 
 
-def train_step(state: TrainState, images: jax.Array, base_key: jax.Array, *, plan: Plan,
-               tx, schedule, config) -> tuple[TrainState, dict]:
-  """One optimizer step on a global batch of normalized NHWC images."""
+def train_step(state: TrainState, images: jax.Array, base_key: jax.Array,
+               given_masks: jax.Array | None = None, *, plan: Plan, tx, schedule,
+               config) -> tuple[TrainState, dict]:
+  """One optimizer step on a global batch of normalized NHWC images.
+
+  Each micro-batch draws its masks from the step's key, unless `given_masks`
+  (accum, num_groups, cells) are passed (replay)."""
   accum = config.grad_accum_steps
   step_key = jax.random.fold_in(base_key, state.step)
   micro = _micro_batches(images, plan, accum)
@@ -83,18 +97,21 @@ def train_step(state: TrainState, images: jax.Array, base_key: jax.Array, *, pla
 
   def one(carry, inputs):
     loss_sum, grad_sum = carry
-    k, batch = inputs
+    k, batch, given = inputs
     mask_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, k))
-    masks = masking.draw_coarse_masks(mask_key, plan.num_groups, plan.model.num_mask_cells,
-                                      config.mask_ratio, config.range_mask_ratio)
+    masks = given if given is not None else masking.draw_coarse_masks(
+        mask_key, plan.num_groups, plan.model.num_mask_cells, config.mask_ratio,
+        config.range_mask_ratio)
     loss, grads = grad_fn(state.params, batch, masks, dropout_key, plan, config.norm_pix)
     return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   if accum == 1:
-    (loss, grads), _ = one((0.0, zeros), (0, micro[0]))
+    given = None if given_masks is None else given_masks[0]
+    (loss, grads), _ = one((0.0, zeros), (0, micro[0], given))
   else:
-    (loss, grads), _ = jax.lax.scan(one, (jnp.zeros(()), zeros), (jnp.arange(accum), micro))
+    (loss, grads), _ = jax.lax.scan(one, (jnp.zeros(()), zeros),
+                                    (jnp.arange(accum), micro, given_masks))
     loss = loss / accum
     grads = jax.tree.map(lambda g: g / accum, grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -118,13 +135,16 @@ def compile_train_step(plan: Plan, config, mesh) -> StepFns:
   batch_sharding = sharding.batch_sharding(mesh)
   rep = sharding.replicated(mesh)
   init_jit = jax.jit(init, out_shardings=state_shardings)
-  step = functools.partial(train_step, plan=plan, tx=tx, schedule=schedule, config=config)
-  step_jit = jax.jit(
-      sharding.under_activation_rules(step, mesh),
-      in_shardings=(state_shardings, batch_sharding, rep),
-      out_shardings=(state_shardings, rep),
-      donate_argnums=(0,))
-  return StepFns(init=init_jit, step=step_jit, state_shardings=state_shardings,
+  from_params = jax.jit(functools.partial(state_from_params, tx=tx),
+                        out_shardings=state_shardings)
+  step = sharding.under_activation_rules(
+      functools.partial(train_step, plan=plan, tx=tx, schedule=schedule, config=config), mesh)
+  step_jit = jax.jit(step, in_shardings=(state_shardings, batch_sharding, rep),
+                     out_shardings=(state_shardings, rep), donate_argnums=(0,))
+  replay_jit = jax.jit(step, in_shardings=(state_shardings, batch_sharding, rep, rep),
+                       out_shardings=(state_shardings, rep), donate_argnums=(0,))
+  return StepFns(init=init_jit, from_params=from_params, step=step_jit,
+                 replay_step=replay_jit, state_shardings=state_shardings,
                  batch_sharding=batch_sharding, abstract_state=abstract_state, tx=tx,
                  schedule=schedule)
 

@@ -108,8 +108,8 @@ def test_authors_rule_for_base():
 
 
 def test_one_adamw_step_equals_torch_param_groups():
-  """AdamW + scale_by_tree moves every tensor exactly as torch AdamW with
-  mmpretrain's param groups (per-group lr and weight decay), two steps."""
+  """AdamW with a learning rate per layer moves every tensor exactly as torch
+  AdamW with mmpretrain's param groups (per-group lr and weight decay), two steps."""
   model = ref.build_classifier(TINY)
   wrapper, _ = _mmpretrain_groups(model)
   # Trained tensors only: the from-scratch classifier's zero position table is a
@@ -118,9 +118,11 @@ def test_one_adamw_step_equals_torch_param_groups():
   sd0 = {k: v.detach().numpy().copy() for k, v in named.items()}
   params = torch_format.state_dict_to_flax(sd0, torch_format.MMPRETRAIN, TINY, "classifier")
   tx = optax.chain(
-      optax.adamw(LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=WD,
-                  mask=optim.weight_decay_mask(params, TINY, "classifier", finetune=True)),
-      layer_decay.scale_by_tree(layer_decay.lr_scales(params, TINY, RATE)))
+      optax.scale_by_adam(0.9, 0.999, 1e-8),
+      optax.add_decayed_weights(WD, optim.weight_decay_mask(params, TINY, "classifier",
+                                                            finetune=True)),
+      layer_decay.scale_by_schedules(jax.tree.map(
+          lambda s: (lambda step: LR * s), layer_decay.lr_scales(params, TINY, RATE))))
   params = jax.tree.map(jnp.asarray, params)
   state = tx.init(params)
   rng = np.random.default_rng(0)
@@ -154,3 +156,33 @@ def _at(tree, path):
 def test_unknown_rule_is_a_clear_error():
   with pytest.raises(ValueError, match="layer-decay rule"):
     layer_decay.layer_id(("head", "kernel"), TINY, "timm")
+
+
+def test_each_layer_follows_the_recipes_schedule_per_param_group():
+  """mmengine's schedulers act on every param group: warmup scales each group's
+  lr, the cosine anneals each to the absolute eta_min 1e-6, so base's stem
+  (peak 2e-3 x 0.7**25 = 2.7e-7) rises to 1e-6. Our per-layer schedules equal
+  the groups' lr at every one of 30 steps of the recipe's schedule."""
+  import reference_loop  # pylint: disable=import-outside-toplevel
+  total, warmup = 30, 6
+  model = ref.build_classifier(BASE)
+  loop = reference_loop.ReferenceLoop(model, ref.FINETUNE_RECIPE, LR, epoch_length=3,
+                                      warmup_epochs=2, epochs=10)
+  names = [g["param_name"] for g in loop.optim_wrapper.optimizer.param_groups]
+  scales = layer_decay.lr_scales(api.param_shapes(BASE, "classifier"), BASE, RATE)
+  schedules = layer_decay.group_schedules(scales, LR, total, warmup, 1e-6, 1e-6)
+  paths = {key: path for key, path, _, _ in torch_format._entries(  # pylint: disable=protected-access
+      BASE, torch_format.MMPRETRAIN, "classifier")}
+  stem = names.index("backbone.patch_embed.projection.weight")
+  seen = []
+  for step in range(total):
+    theirs = loop.group_lrs()
+    for name, lr in zip(names, theirs):
+      f = schedules
+      for p in paths[name]:
+        f = f[p]
+      assert float(f(step)) == pytest.approx(lr, rel=1e-5, abs=1e-12), (step, name)
+    seen.append(theirs[stem])
+    for scheduler in loop.schedulers:
+      scheduler.step()
+  assert max(seen[:warmup]) < 3e-7 and seen[-1] > 9e-7       # the stem's rise to eta_min
