@@ -11,8 +11,9 @@ Reproduces `mixmim-base_8xb128-coslr-100e_in1k.py`: batch 1024, AdamW lr
 Expected: 84.6 % top-1 from the 300-epoch mmpretrain pretraining (84.63 % there).
 
 `get_config("384")`: the authors' 384-px fine-tune (windows 16/16/24/12; the
-relative position tables are resized from the 224-px checkpoint on load; eval
-resize 384 / 224 x 256 -> crop 384): 86.3 % for their 600-epoch B.
+relative position tables are resized from the 224-px checkpoint on load; their
+eval at 384 resizes the short side to 384 and takes the centre 384 crop, crop_pct
+1.0): 86.3 % for their 600-epoch B.
 """
 from mixmim_jax.finetune_config import finetune_defaults
 
@@ -24,7 +25,7 @@ def get_config(arg: str = ""):
   c.data.eval_split = "validation"
   if arg == "384":
     c.data.image_size = 384
-    c.data.eval_resize = 438          # 384 * 256 / 224
+    c.data.eval_resize = 384          # the authors' crop_pct 1.0 above 224 px
     c.model.window_sizes = (16, 16, 24, 12)
   elif arg:
     raise ValueError(f"base_finetune: unknown variant {arg!r}; expected '' or '384'.")

@@ -44,7 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.prefetch = 2  # batches; -1 = AUTOTUNE
   c.cache = False  # keep encoded images in memory after the first read
   # Decode only the crop of a JPEG: less CPU per image, but the crop's edge
-  # pixels then differ from Pillow's (see augment._decode_and_crop).
+  # pixels then differ from Pillow's (see augment.decode_and_random_crop).
   c.partial_jpeg_decode = False
   return c
 

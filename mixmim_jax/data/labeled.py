@@ -119,11 +119,6 @@ def describe(config, split):
 
 # ----------------------------------------------------------------------- views
 
-def _to_grid(image, size):
-  image = tf.image.resize(image, [size, size], method="bicubic", antialias=True)
-  return tf.round(tf.clip_by_value(image, 0.0, 255.0))
-
-
 def _normalize(image, config):
   image = tf.broadcast_to(image, tf.concat([tf.shape(image)[:2], [3]], 0))
   return (image - tf.constant(config.mean, tf.float32)) / tf.constant(config.std, tf.float32)
@@ -135,11 +130,11 @@ def train_view(payload, key, kind, config):
       tf.random.experimental.stateless_split(key, 4, alg=seeds.ALG))
   scale, ratio = tuple(config.crop_scale), tuple(config.crop_ratio)
   if kind == "pixels":
-    crop = augment._crop(payload, crop_key, scale, ratio)  # pylint: disable=protected-access
+    crop = augment.random_crop(payload, crop_key, scale, ratio)
   else:
     encoded = tf.io.read_file(payload) if kind == "path" else payload
-    crop = augment._decode_and_crop(encoded, crop_key, scale, ratio, False)  # pylint: disable=protected-access
-  image = _to_grid(tf.cast(crop, tf.float32), config.image_size)
+    crop = augment.decode_and_random_crop(encoded, crop_key, scale, ratio, False)
+  image = augment.resize(crop, config.image_size, config.image_size)
   image = tf.broadcast_to(image, [config.image_size, config.image_size, 3])
   if config.hflip:
     flip = tf.random.stateless_uniform([], flip_key, alg=seeds.ALG) < 0.5
@@ -156,22 +151,22 @@ def train_view(payload, key, kind, config):
 
 
 def eval_view(payload, kind, config):
-  """Short side to eval_resize (bicubic, mmcv's rounding), centre crop, normalized."""
+  """The references' test view: the short side resized to `eval_resize`, the
+  long side to int(eval_resize x long / short) (truncated, as mmpretrain's
+  ResizeEdge and torchvision's Resize do; bicubic, as Pillow), then the
+  centre `image_size` crop (offsets rounded half to even, as both), normalized."""
   if kind == "pixels":
     image = payload
   else:
-    encoded = tf.io.read_file(payload) if kind == "path" else payload
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  image = tf.cast(image, tf.float32)
+    image = augment.decode(tf.io.read_file(payload) if kind == "path" else payload)
   h, w = tf.cast(tf.shape(image)[0], tf.float64), tf.cast(tf.shape(image)[1], tf.float64)
-  short = tf.minimum(h, w)
-  new_h = tf.cast(tf.floor(h * config.eval_resize / short + 0.5), tf.int32)
-  new_w = tf.cast(tf.floor(w * config.eval_resize / short + 0.5), tf.int32)
-  image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bicubic", antialias=True)
-  image = tf.round(tf.clip_by_value(image, 0.0, 255.0))
+  edge = tf.constant(config.eval_resize, tf.float64)
+  new_h = tf.where(w < h, tf.floor(edge * h / w), edge)
+  new_w = tf.where(w < h, edge, tf.floor(edge * w / h))
+  image = augment.resize(image, tf.cast(new_h, tf.int32), tf.cast(new_w, tf.int32))
   s = config.image_size
-  top = tf.cast(tf.round(tf.cast(new_h - s, tf.float32) / 2), tf.int32)
-  left = tf.cast(tf.round(tf.cast(new_w - s, tf.float32) / 2), tf.int32)
+  top = tf.cast(tf.round((new_h - s) / 2), tf.int32)
+  left = tf.cast(tf.round((new_w - s) / 2), tf.int32)
   image = image[tf.maximum(top, 0):tf.maximum(top, 0) + s,
                 tf.maximum(left, 0):tf.maximum(left, 0) + s]
   return _normalize(tf.ensure_shape(image, [s, s, None]), config)
