@@ -10,9 +10,9 @@ masked), too coarse to learn from. Patch 2 makes the stride 16 and the grid
 32, 16, 8, 4 with windows 8, 8, 8, 4.
 
 Expected (measured on 2 CPU cores, `make run`): 750 steps of 32 images, about
-0.41 s and 78 images/s per step after a 13 s compile, 5 m 52 s for the whole
-command; the norm-pix loss goes from 1.19 (step 1) and 0.94 (mean of steps
-1-50) to 0.74 (mean of steps 701-750).
+0.41-0.50 s and 65-78 images/s per step after a 19 s compile, 5 m 30 s to 7 m 35 s
+for the whole command by the machine's load; the norm-pix loss goes from 1.22
+(step 1) and 0.94 (mean of steps 1-50) to 0.73 (mean of steps 701-750).
 """
 from mixmim_jax.train_config import pretrain_defaults
 
