@@ -8,9 +8,7 @@ Frozen encoder; mean token -> BatchNorm without affine -> Linear; LARS lr
 RandomResizedCrop + flip only. Neither reference publishes a MixMIM-B linear
 probe number; MAE-style hierarchical encoders are known to be weak here.
 """
-from mixmim_jax.finetune_config import linprobe_defaults
-
-TASK = "linprobe"
+from mixmim_jax.recipes import linprobe_defaults
 
 
 def get_config():

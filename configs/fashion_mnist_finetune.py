@@ -11,9 +11,7 @@ mixup/cutmix, RandAugment, erasing, drop path 0.1; a larger lr per image for
 the small model and batch. Evaluated on the 10,000 test images (resized, no
 crop). See docs/FINETUNE.md for measured figures.
 """
-from mixmim_jax.finetune_config import fashion_mnist_small, finetune_defaults
-
-TASK = "finetune"
+from mixmim_jax.recipes import fashion_mnist_small, finetune_defaults
 
 
 def get_config(arg: str = ""):

@@ -10,9 +10,7 @@ few hundred steps (measured: loss 2.30 -> 2.27 in 3 epochs, see docs/FINETUNE.md
 `--config.optim.name=lars --config.optim.base_lr=0.1` gives MAE's optimizer.
 See docs/FINETUNE.md for measured figures.
 """
-from mixmim_jax.finetune_config import fashion_mnist_small, linprobe_defaults
-
-TASK = "linprobe"
+from mixmim_jax.recipes import fashion_mnist_small, linprobe_defaults
 
 
 def get_config(arg: str = ""):

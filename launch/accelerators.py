@@ -1,7 +1,7 @@
-"""Cloud TPU accelerator types: chips, hosts, default runtime, peak bf16 FLOP/s.
-
-One table, so the launcher, its input checks and the cost table in
-launch/README.md agree on what a "v4-32" is.
+"""Cloud TPU accelerator types: chips, hosts, default runtime, peak bf16 FLOP/s,
+read off the project's one chip table (mixmim_jax/tools/chips.py), so the
+launcher, its input checks, the cost table in launch/README.md, the benchmarks
+and the AOT compiles agree on what a "v4-32" is.
 
 Naming differs by generation, and the number in the name is not always chips:
   v4-N, v5p-N       N counts TensorCores, 2 per chip, 4 chips per host.
@@ -15,32 +15,16 @@ v2-alpha-tpuv5 (v5p), v2-alpha-tpuv6e (v6e).
 import dataclasses
 import re
 
+from mixmim_jax.tools import chips
+
 
 class LaunchError(ValueError):
   """A bad input, said in one sentence that names the value and what was expected."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Generation:
-  prefix: str            # what gcloud expects before the dash
-  counts: str            # "cores" (2 per chip) or "chips"
-  runtime: str           # default --runtime-version / --version
-  peak_bf16_tflops: float
-  sizes: tuple = ()      # allowed N when the list is short; else multiples of 8
-  chips_per_host: int = 4
-  max_single_host_chips: int = 4
-
-
-GENERATIONS = {
-    "v4": Generation("v4", "cores", "tpu-ubuntu2204-base", 275.0),
-    "v5e": Generation("v5litepod", "chips", "v2-alpha-tpuv5-lite", 197.0,
-                      sizes=(1, 4, 8, 16, 32, 64, 128, 256),
-                      max_single_host_chips=8),
-    "v5p": Generation("v5p", "cores", "v2-alpha-tpuv5", 459.0),
-    "v6e": Generation("v6e", "chips", "v2-alpha-tpuv6e", 918.0,
-                      sizes=(1, 4, 8, 16, 32, 64, 128, 256),
-                      max_single_host_chips=8),
-}
+# The TPU generations: one table for the launcher, the benchmarks and the AOT
+# compiles (chips, HBM, peak FLOP/s, naming).
+GENERATIONS = chips.TPUS
 
 # "v5e-64" is what people say; gcloud only knows "v5litepod-64".
 _ALIASES = {"v5e": "v5e", "v5litepod": "v5e", "v4": "v4", "v5p": "v5p", "v6e": "v6e"}
@@ -63,7 +47,7 @@ class Accelerator:
 
   @property
   def peak_bf16_tflops(self) -> float:
-    return GENERATIONS[self.generation].peak_bf16_tflops
+    return GENERATIONS[self.generation].chip.peak_bf16 / 1e12
 
 
 def parse_accelerator(name: str) -> Accelerator:
@@ -77,14 +61,14 @@ def parse_accelerator(name: str) -> Accelerator:
   gen = GENERATIONS[gen_key]
   n = int(m.group(2))
   if gen.sizes and n not in gen.sizes:
-    raise LaunchError(f"Unknown accelerator type {name!r}; {gen.prefix}-N takes N in "
+    raise LaunchError(f"Unknown accelerator type {name!r}; {gen.gcloud_prefix}-N takes N in "
                       f"{', '.join(map(str, gen.sizes))}.")
   if not gen.sizes and (n < 8 or n % 8):
-    raise LaunchError(f"Unknown accelerator type {name!r}; {gen.prefix}-N takes N a "
+    raise LaunchError(f"Unknown accelerator type {name!r}; {gen.gcloud_prefix}-N takes N a "
                       "multiple of 8 (TensorCores, 2 per chip).")
-  chips = n // 2 if gen.counts == "cores" else n
-  if chips <= gen.max_single_host_chips:
+  chip_count = n // 2 if gen.counts == "cores" else n
+  if chip_count <= gen.max_single_host_chips:
     hosts = 1
   else:
-    hosts = chips // gen.chips_per_host
-  return Accelerator(f"{gen.prefix}-{n}", gen_key, chips, hosts)
+    hosts = chip_count // gen.chips_per_host
+  return Accelerator(f"{gen.gcloud_prefix}-{n}", gen_key, chip_count, hosts)

@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 from typing import List
 
-from launch.accelerators import GENERATIONS, parse_accelerator
+from launch.accelerators import parse_accelerator
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -64,7 +64,7 @@ class Row:
 
 def estimate(accelerator: str, gflop_per_image: float, mfu: float) -> Row:
   acc = parse_accelerator(accelerator)
-  peak = GENERATIONS[acc.generation].peak_bf16_tflops
+  peak = acc.peak_bf16_tflops
   epoch_flop = IMAGENET_TRAIN_IMAGES * gflop_per_image * 1e9
   seconds = epoch_flop / (acc.chips * peak * 1e12 * mfu)
   chip_hours = acc.chips * seconds / 3600

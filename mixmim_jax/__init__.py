@@ -4,14 +4,23 @@
     cfg = mm.model_config("base", num_classes=1000)
     params = mm.init_params(cfg, "classifier")
     logits = mm.classify(cfg, params, images)          # images: (B, 224, 224, 3)
-"""
-from mixmim_jax.api import (build_model, classify, draw_mask, encode, init_params,
-                            param_shapes, pretrain_forward)
-from mixmim_jax.arch import ARCHS, ModelConfig, model_config
-from mixmim_jax.params_io import ParamsFile, load_params, save_params
 
-__all__ = [
-    "ARCHS", "ModelConfig", "ParamsFile", "build_model", "classify", "draw_mask", "encode",
-    "init_params", "load_params", "model_config", "param_shapes", "pretrain_forward",
-    "save_params",
-]
+The names below load their modules (and JAX) on first use, so that tools that
+only need a table (the launcher reads mixmim_jax.tools.chips) import nothing heavy.
+"""
+import importlib
+
+_EXPORTS = {
+    "build_model": "api", "classify": "api", "draw_mask": "api", "encode": "api",
+    "init_params": "api", "param_shapes": "api", "pretrain_forward": "api",
+    "ARCHS": "arch", "ModelConfig": "arch", "model_config": "arch",
+    "ParamsFile": "params_io", "load_params": "params_io", "save_params": "params_io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(f"mixmim_jax.{_EXPORTS[name]}"), name)
+  raise AttributeError(f"module 'mixmim_jax' has no attribute {name!r}")

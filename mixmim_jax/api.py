@@ -11,37 +11,48 @@ from mixmim_jax import masking, objective
 from mixmim_jax.arch import ModelConfig
 from mixmim_jax.decoder import MixMIMPretrainModel
 from mixmim_jax.encoder import MixMIMClassifier, MixMIMEncoder
+from mixmim_jax.linear_probe import LinearProbe
+
+KINDS = ("classifier", "encoder", "pretrain", "linprobe")
 
 
 def build_model(config: ModelConfig, kind: str = "classifier"):
   """The Flax module for `kind`: "classifier" (logits; features if num_classes=0),
-  "encoder" (the same with no head) or "pretrain" (encoder + decoder)."""
+  "encoder" (the same with no head), "pretrain" (encoder + decoder) or
+  "linprobe" (frozen encoder, BatchNorm, head)."""
   if kind == "pretrain":
     return MixMIMPretrainModel(config)
   if kind == "encoder":
     return MixMIMClassifier(config.replace(num_classes=0))
   if kind == "classifier":
     return MixMIMClassifier(config)
-  raise ValueError(f"unknown model kind {kind!r}; expected classifier, encoder or pretrain.")
+  if kind == "linprobe":
+    return LinearProbe(config)
+  raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}.")
 
 
-def _dummy_inputs(config: ModelConfig, kind: str):
-  images = jnp.zeros((1, config.img_size, config.img_size, config.in_chans), jnp.float32)
+def dummy_inputs(config: ModelConfig, kind: str, batch: int = 1):
+  """Zero inputs of the right shapes for `kind`'s init (images, and the mask)."""
+  images = jnp.zeros((batch, config.img_size, config.img_size, config.in_chans), jnp.float32)
   if kind == "pretrain":
     return images, jnp.zeros((1, config.num_mask_cells), jnp.float32)
   return (images,)
 
 
+def init_variables(config: ModelConfig, kind: str, key: jax.Array):
+  """All of a fresh model's variables ({'params'}, and the probe's 'batch_stats')."""
+  return build_model(config, kind).init(key, *dummy_inputs(config, kind))
+
+
 def init_params(config: ModelConfig, kind: str = "classifier", seed: int | jax.Array = 0):
   """Freshly initialised params for `kind`."""
   key = jax.random.key(seed) if isinstance(seed, int) else seed
-  model = build_model(config, kind)
-  return jax.jit(model.init)(key, *_dummy_inputs(config, kind))["params"]
+  return jax.jit(init_variables, static_argnums=(0, 1))(config, kind, key)["params"]
 
 
 def param_shapes(config: ModelConfig, kind: str = "classifier"):
-  model = build_model(config, kind)
-  return jax.eval_shape(model.init, jax.random.key(0), *_dummy_inputs(config, kind))["params"]
+  return jax.eval_shape(functools.partial(init_variables, config, kind),
+                        jax.random.key(0))["params"]
 
 
 @functools.partial(jax.jit, static_argnames=("config",))

@@ -13,11 +13,12 @@ torch is imported only here, never by the model code.
 from __future__ import annotations
 
 import argparse
-import os
+import io
 import sys
 
 import jax
 import numpy as np
+from etils import epath
 
 from mixmim_jax import torch_format
 from mixmim_jax.arch import ModelConfig
@@ -75,17 +76,20 @@ def load_torch_checkpoint(path: str, trust: bool = False):
   as inert stand-ins, since only the tensors and the config text are used).
   `trust` unpickles everything instead (only for files you trust)."""
   torch = _torch()
-  if not os.path.isfile(path):
+  source = epath.Path(path)
+  if not source.is_file():
     raise SystemExit(f"checkpoint {path!r} does not exist.")
+  data = io.BytesIO(source.read_bytes())
   if trust:
-    return _tensors_to_numpy(torch.load(path, map_location="cpu", weights_only=False))
+    return _tensors_to_numpy(torch.load(data, map_location="cpu", weights_only=False))
   try:
-    extra = _stand_ins(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    extra = _stand_ins(torch.serialization.get_unsafe_globals_in_checkpoint(data))
   except Exception:  # pylint: disable=broad-except
     extra = []     # not a zip checkpoint: torch.load below says what it is
   try:
+    data.seek(0)
     with torch.serialization.safe_globals(extra):
-      obj = torch.load(path, map_location="cpu", weights_only=True)
+      obj = torch.load(data, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     raise SystemExit(f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: "
                      f"{str(e).splitlines()[0] if str(e) else 'no detail'}).") from e

@@ -3,7 +3,6 @@ pretraining model (encoder + decoder). The loss lives in `objective.py`."""
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from mixmim_jax import init_schemes, masking, tables

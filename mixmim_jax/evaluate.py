@@ -9,37 +9,33 @@ final.msgpack), a PyTorch classifier checkpoint (.pth), or a fine-tune workdir
 size, normalization), eval_batch_size and the mesh. Each process reads its own
 examples; the last batches are padded to a common count and masked, so N images
 give exactly N scores however N divides the batch, the devices and the hosts.
+An image that cannot be decoded is not scored, and the result names it.
 """
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import jax
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mixmim_jax import sharding  # noqa: E402
-from mixmim_jax.arch import ModelConfig  # noqa: E402
-from mixmim_jax.data import labeled  # noqa: E402
+from mixmim_jax import params_io, sharding
+from mixmim_jax.arch import ModelConfig
+from mixmim_jax.data import labeled
+from mixmim_jax.finetune_step import eval_step
 
 logger = logging.getLogger(__name__)
 
 
 def evaluate(eval_fn, params, batch_stats, data_config, eval_batch_size: int, mesh) -> dict:
   """Runs `eval_fn(params, batch_stats, images, labels, mask) -> sums` over the
-  whole eval split; returns count, top1, top5 (fractions) and mean loss."""
-  local = eval_batch_size // jax.process_count()
-  num_batches, batches = labeled.eval_batches(
-      data_config, local_batch_size=local, process_index=jax.process_index(),
-      process_count=jax.process_count())
+  whole eval split; returns count, top1, top5 (fractions), mean loss and the
+  names of this process's images that could not be decoded."""
+  batches = labeled.eval_batches(
+      data_config, local_batch_size=eval_batch_size // jax.process_count(),
+      process_index=jax.process_index(), process_count=jax.process_count())
   spec = sharding.batch_sharding(mesh)
   totals = dict(count=0.0, top1=0.0, top5=0.0, loss=0.0)
-  for _ in range(num_batches):
-    batch = next(batches)
+  for batch in batches:
     arrays = [jax.make_array_from_process_local_data(spec, batch[k])
               for k in ("image", "label", "mask")]
     sums = jax.device_get(eval_fn(params, batch_stats, *arrays))
@@ -47,23 +43,31 @@ def evaluate(eval_fn, params, batch_stats, data_config, eval_batch_size: int, me
       totals[k] += float(sums[k])
   n = totals["count"]
   return dict(count=int(round(n)), top1=totals["top1"] / max(n, 1),
-              top5=totals["top5"] / max(n, 1), loss=totals["loss"] / max(n, 1))
+              top5=totals["top5"] / max(n, 1), loss=totals["loss"] / max(n, 1),
+              unreadable=batches.unreadable)
+
+
+def summary(result: dict) -> str:
+  line = (f"{result['count']} images, top-1 {100 * result['top1']:.2f} %, "
+          f"top-5 {100 * result['top5']:.2f} %, loss {result['loss']:.4f}")
+  if result["unreadable"]:
+    shown = ", ".join(result["unreadable"][:3])
+    line += f"; {len(result['unreadable'])} unreadable images not scored ({shown})"
+  return line
 
 
 def classifier_eval_fn(cfg: ModelConfig, mesh, params_shapes=None):
   """A jitted eval step for a plain classifier with replicated (or given) shardings."""
-  from mixmim_jax.finetune_step import eval_step  # pylint: disable=import-outside-toplevel
   batch = sharding.batch_sharding(mesh)
   params_sh = (sharding.replicated(mesh) if params_shapes is None
                else sharding.tree_shardings(params_shapes, mesh))
-  return jax.jit(functools.partial(eval_step, cfg=cfg, task="finetune"),
+  return jax.jit(functools.partial(eval_step, cfg=cfg, kind="classifier"),
                  in_shardings=(params_sh, None, batch, batch, batch),
                  out_shardings=sharding.replicated(mesh))
 
 
 def evaluate_checkpoint(path: str, config) -> dict:
-  from mixmim_jax import finetune_init  # pylint: disable=import-outside-toplevel
-  cfg, kind, params, where = finetune_init.read_checkpoint(path)
+  cfg, kind, params, where = params_io.read_checkpoint(path)
   if kind != "classifier" or cfg.num_classes == 0:
     raise ValueError(f"{path!r} holds a {kind} model without a classifier head; "
                      "fine-tune it first (python -m mixmim_jax.finetune).")
@@ -81,29 +85,11 @@ def evaluate_checkpoint(path: str, config) -> dict:
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   del argv
-  logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                      format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
   result = evaluate_checkpoint(flags.FLAGS.checkpoint, flags.FLAGS.config)
   if jax.process_index() == 0:
-    print(f"{result['count']} images: top-1 {100 * result['top1']:.2f} %, "
-          f"top-5 {100 * result['top5']:.2f} %, loss {result['loss']:.4f}", flush=True)
-
-
-def _define_flags():
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  config_flags.DEFINE_config_file("config", None, "A configs/*_finetune.py or *_linprobe.py.")
-  flags.DEFINE_string("checkpoint", None, "params file, .pth, or fine-tune workdir.")
-  flags.mark_flags_as_required(["config", "checkpoint"])
+    print(summary(result), flush=True)
 
 
 if __name__ == "__main__":
-  from absl import app  # noqa: E402  pylint: disable=ungrouped-imports
-  _define_flags()
-  try:
-    app.run(main)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  from mixmim_jax import cli  # pylint: disable=ungrouped-imports
+  cli.run_tool(main, checkpoint_flag="params file, .pth, or fine-tune workdir.")

@@ -27,8 +27,11 @@ from mixmim_jax.params_io import ParamsFile
 
 
 def load(path: str) -> ParamsFile:
-  """(config, kind, params) of an exported file; config rebuilds the exact model."""
-  return params_io.load_params(path)
+  """(config, kind, params) of an exported file (or of any checkpoint
+  params_io.read_checkpoint reads: a workdir, a .pth); config rebuilds the
+  exact model."""
+  cfg, kind, params, _ = params_io.read_checkpoint(path)
+  return ParamsFile(cfg, kind, params)
 
 
 def logits(model: ParamsFile, images) -> jax.Array:
@@ -39,8 +42,7 @@ def logits(model: ParamsFile, images) -> jax.Array:
 
 def export(source: str, out: str, encoder_only: bool = False, step: int = -1) -> ParamsFile:
   """Writes `out` from any supported checkpoint; returns what was written."""
-  from mixmim_jax import finetune_init  # pylint: disable=import-outside-toplevel
-  cfg, kind, params, where = finetune_init.read_checkpoint(source, step)
+  cfg, kind, params, where = params_io.read_checkpoint(source, step)
   if kind == "pretrain" or encoder_only or cfg.num_classes == 0:
     kind, cfg, params = "encoder", cfg.replace(num_classes=0), {"encoder": params["encoder"]}
   else:
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     export(args.checkpoint, args.out, args.encoder_only, args.step)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

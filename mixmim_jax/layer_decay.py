@@ -14,13 +14,8 @@ compare them against mmpretrain's name-based `get_layer_depth` independently.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax
-import jax.numpy as jnp
-import optax
 
-from mixmim_jax import optim
 from mixmim_jax.arch import ModelConfig
 
 RULES = ("mmpretrain", "authors")
@@ -67,47 +62,3 @@ def lr_scales(params, cfg: ModelConfig, decay_rate: float, rule: str = "mmpretra
   last = num_layers(cfg) - 1
   return jax.tree.map(lambda i: float(decay_rate ** (last - i)),
                       layer_ids(params, cfg, rule))
-
-
-def group_schedules(scales, lr: float, total_steps: int, warmup_steps: int,
-                    start_factor: float, end_lr: float, rule: str = "mmpretrain"):
-  """A tree of per-leaf learning-rate schedules (step -> lr) for layer decay.
-
-  Both references give each layer the peak lr x its scale, warmed up from
-  start_factor x that. They differ where the cosine ends: mmengine anneals each
-  param group to the absolute eta_min (`end_lr`), so a deep layer whose scaled
-  peak lies below eta_min rises to it (base: the stem's 2.7e-7 -> 1e-6); the
-  authors' lr_sched scales the whole schedule, its floor included."""
-  if rule not in RULES:
-    raise ValueError(f"layer-decay rule {rule!r}; expected one of {RULES}.")
-  base = optim.warmup_cosine(lr, total_steps, warmup_steps, start_factor, end_lr)
-
-  def schedule(scale):
-    if rule == "mmpretrain":
-      return optim.warmup_cosine(scale * lr, total_steps, warmup_steps, start_factor, end_lr)
-    return lambda step: scale * base(step)
-
-  return jax.tree.map(schedule, scales)
-
-
-def scale_by_schedules(schedules) -> optax.GradientTransformation:
-  """optax.scale_by_learning_rate with one schedule per leaf (a tree like the
-  updates): each update is multiplied by -schedule(step)."""
-
-  def init(params):
-    del params
-    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
-
-  def update(updates, state, params=None):
-    del params
-    out = jax.tree.map(lambda u, lr: -jnp.asarray(lr(state.count), u.dtype) * u, updates,
-                       schedules)
-    return out, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
-
-  return optax.GradientTransformation(init, update)
-
-
-def frozen_mask(params, trainable_prefixes: tuple[str, ...]) -> Any:
-  """True for leaves whose top-level key is not in `trainable_prefixes`."""
-  return jax.tree_util.tree_map_with_path(
-      lambda p, _: _keys(p)[0] not in trainable_prefixes, params)

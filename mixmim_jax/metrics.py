@@ -1,37 +1,65 @@
 """Training metrics: TensorBoard event files, a compact console line, and PNGs
-of reconstructed pairs."""
+of reconstructed pairs; all written through etils.epath (gs:// workdirs too)."""
 from __future__ import annotations
 
+import io
 import logging
 import os
+import socket
+import time
 
 import numpy as np
+from etils import epath
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 logger = logging.getLogger(__name__)
 
 
 class MetricWriter:
-  """Scalars to TensorBoard (only on process 0) and one console line per call."""
+  """Scalars to TensorBoard event files (only on process 0).
 
-  def __init__(self, logdir: str, enabled: bool = True):
+  The events are framed and written by this class through etils.epath rather
+  than by tf.summary, so they go wherever the workdir is, whatever client reads
+  it (a gs:// workdir through gcsfs, say). Object stores cannot append: each
+  write rewrites the current event file whole, and a new file starts every
+  `events_per_file` writes so that no rewrite grows large (TensorBoard reads
+  all files of a directory in name order)."""
+
+  def __init__(self, logdir: str, enabled: bool = True, events_per_file: int = 100):
     self.enabled = enabled
-    self._writer = None
-    if enabled:
-      from mixmim_jax.data._tf import tf  # pylint: disable=import-outside-toplevel
-      self._tf = tf
-      self._writer = tf.summary.create_file_writer(logdir)
+    if not enabled:
+      return
+    self._dir = epath.Path(logdir)
+    self._dir.mkdir(parents=True, exist_ok=True)
+    self._stem = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                  f"{os.getpid()}")
+    self._per_file = events_per_file
+    self._part, self._count, self._buffer = 0, 0, io.BytesIO()
+    self._new_file()
+
+  def _new_file(self) -> None:
+    self._buffer = io.BytesIO()
+    self._records = RecordWriter(self._buffer)
+    self._records.write(event_pb2.Event(wall_time=time.time(),
+                                        file_version="brain.Event:2").SerializeToString())
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
       return
-    with self._writer.as_default():
-      for name, value in scalars.items():
-        self._tf.summary.scalar(name, value, step=step)
-    self._writer.flush()
+    values = [summary_pb2.Summary.Value(tag=name, simple_value=float(value))
+              for name, value in scalars.items()]
+    self._records.write(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                        summary=summary_pb2.Summary(value=values))
+                        .SerializeToString())
+    (self._dir / f"{self._stem}.{self._part:06d}").write_bytes(self._buffer.getvalue())
+    self._count += 1
+    if self._count % self._per_file == 0:
+      self._part += 1
+      self._new_file()
 
   def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
+    pass
 
 
 def progress_line(step: int, total: int, s: dict[str, float]) -> str:
@@ -60,14 +88,8 @@ def save_pairs_png(path: str, rows: list[list[np.ndarray]], titles: list[str]) -
       if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
       canvas.paste(Image.fromarray(img), (pad + c * (w + pad), header + pad + r * (h + pad)))
-  if "://" in path:   # gs:// workdirs on Cloud TPU: write through TensorFlow's gfile
-    import io  # pylint: disable=import-outside-toplevel
-    from mixmim_jax.data._tf import tf  # pylint: disable=import-outside-toplevel
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(path, "wb") as f:
-      f.write(buffer.getvalue())
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  canvas.save(path)
+  buffer = io.BytesIO()
+  canvas.save(buffer, format="PNG")
+  target = epath.Path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  target.write_bytes(buffer.getvalue())

@@ -1,4 +1,5 @@
-"""Learning-rate schedule, weight-decay masks and the AdamW optimizer."""
+"""The optimizer of every trainer: learning-rate schedule, weight-decay masks,
+AdamW (or MAE's LARS), layer decay and the linear probe's frozen encoder."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixmim_jax import torch_format
+from mixmim_jax import layer_decay, torch_format
 from mixmim_jax.arch import ModelConfig
 
 
@@ -30,11 +31,42 @@ def warmup_cosine(lr: float, total_steps: int, warmup_steps: int,
   return schedule
 
 
-def _torch_names(params, cfg: ModelConfig, kind: str):
-  """{flax path: mmpretrain parameter name}: the references' rules are written
-  on those names, so we apply them to the very same names."""
-  return {path: key for key, path, _, _ in torch_format._entries(  # pylint: disable=protected-access
-      cfg, torch_format.MMPRETRAIN, kind)}
+def group_schedules(scales, lr: float, total_steps: int, warmup_steps: int,
+                    start_factor: float, end_lr: float, rule: str = "mmpretrain"):
+  """A tree of per-leaf learning-rate schedules (step -> lr) for layer decay.
+
+  Both references give each layer the peak lr x its scale, warmed up from
+  start_factor x that. They differ where the cosine ends: mmengine anneals each
+  param group to the absolute eta_min (`end_lr`), so a deep layer whose scaled
+  peak lies below eta_min rises to it (base: the stem's 2.7e-7 -> 1e-6); the
+  authors' lr_sched scales the whole schedule, its floor included."""
+  if rule not in layer_decay.RULES:
+    raise ValueError(f"layer-decay rule {rule!r}; expected one of {layer_decay.RULES}.")
+  base = warmup_cosine(lr, total_steps, warmup_steps, start_factor, end_lr)
+
+  def schedule(scale):
+    if rule == "mmpretrain":
+      return warmup_cosine(scale * lr, total_steps, warmup_steps, start_factor, end_lr)
+    return lambda step: scale * base(step)
+
+  return jax.tree.map(schedule, scales)
+
+
+def scale_by_schedules(schedules) -> optax.GradientTransformation:
+  """optax.scale_by_learning_rate with one schedule per leaf (a tree like the
+  updates): each update is multiplied by -schedule(step)."""
+
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    out = jax.tree.map(lambda u, lr: -jnp.asarray(lr(state.count), u.dtype) * u, updates,
+                       schedules)
+    return out, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init, update)
 
 
 def weight_decay_mask(params, cfg: ModelConfig, kind: str, rule: str = "mmpretrain",
@@ -42,29 +74,57 @@ def weight_decay_mask(params, cfg: ModelConfig, kind: str, rule: str = "mmpretra
   """True where weight decay applies.
 
   mmpretrain: exempt names containing 'ln' or 'bias' (pretraining) or '.ln' or
-  '.bias' (fine-tuning). authors (timm): exempt every 1-D tensor and the mask token.
+  '.bias' (fine-tuning); the rules are written on its parameter names, so they
+  are applied to the very same names. authors (timm): exempt every 1-D tensor
+  and the mask token.
   """
   if rule not in ("mmpretrain", "authors"):
     raise ValueError(f"wd_rule={rule!r}; expected 'mmpretrain' or 'authors'.")
-  names = _torch_names(params, cfg, kind)
+  names = torch_format.torch_names(cfg, kind)
   exempt = (".ln", ".bias") if finetune else ("ln", "bias")
 
   def decide(path, leaf):
     keys = tuple(getattr(p, "key", p) for p in path)
     if rule == "authors":
       return leaf.ndim > 1 and keys[-1] != "mask_token"
-    name = names[keys]
-    return not any(e in name for e in exempt)
+    return not any(e in names[keys] for e in exempt)
 
   return jax.tree_util.tree_map_with_path(decide, params)
 
 
-def make_optimizer(params, cfg: ModelConfig, kind: str, optim_config, schedule):
-  chain = []
-  if optim_config.grad_clip_norm > 0:
-    chain.append(optax.clip_by_global_norm(optim_config.grad_clip_norm))
-  chain.append(optax.adamw(
-      schedule, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps,
-      weight_decay=optim_config.weight_decay,
-      mask=weight_decay_mask(params, cfg, kind, optim_config.wd_rule)))
-  return optax.chain(*chain)
+def make_tx(plan, config, params_shapes):
+  """(optax transformation, base learning-rate schedule) for `plan`'s trainer.
+
+  `params_shapes` is the params tree (arrays or ShapeDtypeStructs) the
+  transformation will see."""
+  o, cfg = config.optim, plan.model
+  schedule = warmup_cosine(plan.lr, plan.total_steps, plan.warmup_steps,
+                           o.warmup_start_factor, o.end_lr)
+  finetune = plan.trainer == "finetune"
+  kind = "classifier" if finetune else "pretrain"
+  # Masks as functions of the params they see: under the linear probe's
+  # multi_transform the frozen encoder arrives as an empty node.
+  decay_mask = lambda p: weight_decay_mask(p, cfg, kind, o.wd_rule, finetune)  # noqa: E731
+  matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+  if o.name == "lars":   # MAE's LARS: no trust ratio and no decay on 1-D tensors
+    inner = optax.lars(schedule, weight_decay=o.weight_decay, momentum=o.momentum,
+                       trust_ratio_mask=matrices, weight_decay_mask=matrices)
+  elif o.layer_decay == 1.0:
+    inner = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                        mask=decay_mask)
+  else:
+    # optax.adamw with a learning-rate schedule per layer (torch's param groups).
+    scales = layer_decay.lr_scales(params_shapes, cfg, o.layer_decay, o.layer_decay_rule)
+    inner = optax.chain(
+        optax.scale_by_adam(o.b1, o.b2, o.eps),
+        optax.add_decayed_weights(o.weight_decay, decay_mask),
+        scale_by_schedules(group_schedules(
+            scales, plan.lr, plan.total_steps, plan.warmup_steps, o.warmup_start_factor,
+            o.end_lr, o.layer_decay_rule)))
+  chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm > 0 else []
+  tx = optax.chain(*chain, inner)
+  if finetune and config.task == "linprobe":
+    # Only the head learns; the frozen encoder has no optimizer state at all.
+    labels = {k: ("train" if k == "head" else "freeze") for k in params_shapes}
+    tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+  return tx, schedule

@@ -2,8 +2,11 @@
 
   python -m mixmim_jax.predict --checkpoint model.msgpack photo.jpg [more.png ...]
 
-Each image gets the evaluation transform (short side to img_size x 256/224,
-bicubic; centre crop; ImageNet mean/std unless --mean/--std say otherwise) and
+--checkpoint takes what `export` reads too: a params file, a fine-tune workdir
+or a PyTorch classifier checkpoint.
+
+Each image gets the evaluation transform (short side to img_size x 256/224 up
+to 224 px, to img_size above, bicubic; centre crop; ImageNet mean/std unless --mean/--std say otherwise) and
 one line per class: softmax probability and name. Names are ImageNet's when the
 head has 1000 classes, lines of --labels FILE when given, else "class i".
 
@@ -20,8 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
 
-from mixmim_jax import export  # noqa: E402
+from mixmim_jax import data, export  # noqa: E402
 from mixmim_jax.data import labeled  # noqa: E402
 from mixmim_jax.imagenet_classes import IMAGENET_CLASSES  # noqa: E402
 
@@ -31,8 +35,8 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 def class_names(num_classes: int, labels_file: str | None = None) -> list[str]:
   if labels_file:
-    with open(labels_file) as f:
-      names = [line.strip() for line in f if line.strip()]
+    names = [line.strip() for line in epath.Path(labels_file).read_text().splitlines()
+             if line.strip()]
     if len(names) != num_classes:
       raise ValueError(f"{labels_file!r} has {len(names)} names for a {num_classes}-class head.")
     return names
@@ -43,14 +47,15 @@ def class_names(num_classes: int, labels_file: str | None = None) -> list[str]:
 
 def preprocess(paths, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
   """Normalized (N, S, S, 3) images, the evaluation transform of fine-tuning."""
-  from mixmim_jax.data._tf import tf  # pylint: disable=import-outside-toplevel
-  cfg = labeled.default_config()
+  from mixmim_jax.data.tf_cpu import tf  # pylint: disable=import-outside-toplevel
+  cfg = data.labeled_config()
   cfg.image_size = img_size
-  cfg.eval_resize = int(round(img_size * 256 / 224))
+  # The references' crop_pct: 224/256 up to 224 px, 1.0 above (the authors' rule).
+  cfg.eval_resize = int(img_size / (224 / 256)) if img_size <= 224 else img_size
   cfg.mean, cfg.std = tuple(mean), tuple(std)
   out = []
   for path in paths:
-    if not os.path.isfile(path):
+    if not epath.Path(path).is_file():
       raise FileNotFoundError(f"image {path!r} does not exist.")
     try:
       out.append(labeled.eval_view(tf.constant(path), "path", cfg).numpy())
@@ -87,7 +92,7 @@ def main(argv=None) -> int:
   try:
     model = export.load(args.checkpoint)
     results = top_k(model, args.images, args.top, args.mean, args.std, args.labels)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   for path, rows in zip(args.images, results):

@@ -20,14 +20,37 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mixmim_jax.train_config import MESH_AXES, mesh_shape
-
+MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 # Tensors smaller than this stay replicated under FSDP: gathering them costs more
 # latency than their memory is worth.
 FSDP_MIN_SIZE = 2 ** 14
 _MODEL_OUT = ("qkv", "fc1")
 _MODEL_IN = ("proj", "fc2")
+
+
+def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
+  """{axis: size} for `num_devices` devices from a config's mesh section, where
+  one axis may be -1 (the devices left over)."""
+  sizes = {a: int(mesh_config[a]) for a in MESH_AXES}
+  free = [a for a in MESH_AXES if sizes[a] == -1]
+  if len(free) > 1:
+    raise ValueError(f"mesh {sizes}: at most one axis may be -1.")
+  fixed = 1
+  for a in MESH_AXES:
+    if sizes[a] != -1:
+      if sizes[a] < 1:
+        raise ValueError(f"mesh.{a}={sizes[a]}; expected a positive size or -1.")
+      fixed *= sizes[a]
+  if free:
+    if num_devices % fixed:
+      raise ValueError(f"mesh {sizes} does not fit {num_devices} devices: the fixed axes "
+                       f"({fixed}) do not divide the device count.")
+    sizes[free[0]] = num_devices // fixed
+  elif fixed != num_devices:
+    raise ValueError(f"mesh {sizes} has {fixed} devices but {num_devices} are available; "
+                     "set one axis to -1 or make the product match.")
+  return sizes
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:

@@ -114,6 +114,11 @@ def _entries(cfg: ModelConfig, fmt: str, kind: str) -> Iterator[tuple[str, tuple
     yield from linear(f"{d}decoder_pred", dec + ("pred",))
 
 
+def torch_names(cfg: ModelConfig, kind: str, fmt: str = MMPRETRAIN) -> dict[tuple, str]:
+  """{Flax path: the reference's parameter name} for every trained tensor."""
+  return {path: key for key, path, _, _ in _entries(cfg, fmt, kind)}
+
+
 def _fixed_tables(cfg: ModelConfig, fmt: str, kind: str) -> dict[str, np.ndarray]:
   """Buffers the reference modules register that are not trained here."""
   n = _NAMES[fmt]

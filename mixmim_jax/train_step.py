@@ -1,68 +1,15 @@
-"""The pretraining step and its state, as pure functions jitted with explicit
-shardings (`compile_train_step`). No Python state, no host callbacks."""
+"""The pretraining step: a pure function of the state, a global batch and a key
+(compiled with shardings and donation by steps.compile_steps)."""
 from __future__ import annotations
 
-import dataclasses
-import functools
-from typing import Any, Callable
-
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from mixmim_jax import hlo_stats, masking, objective, optim, sharding
+from mixmim_jax import masking, objective
 from mixmim_jax.decoder import MixMIMPretrainModel
-from mixmim_jax.train_config import Plan
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class StepFns:
-  """The compiled entry points and what they were compiled for."""
-  init: Callable[[jax.Array], TrainState]
-  from_params: Callable[[Any], TrainState]    # a state at step 0 around given params
-  step: Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]
-  # The same step with its masks given (after the key) rather than drawn, of
-  # shape (grad_accum_steps, num_groups, cells): to replay a run or compare it
-  # with the reference.
-  replay_step: Callable[[TrainState, jax.Array, jax.Array, jax.Array],
-                        tuple[TrainState, dict]]
-  state_shardings: Any
-  batch_sharding: Any
-  abstract_state: Any
-  tx: optax.GradientTransformation
-  schedule: Callable
-
-  def abstract_state_sharded(self):
-    """The state as ShapeDtypeStructs carrying their shardings (for AOT lowering)."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        self.abstract_state, self.state_shardings)
-
-
-def make_tx(plan: Plan, optim_config, params_shapes):
-  schedule = optim.warmup_cosine(plan.lr, plan.total_steps, plan.warmup_steps,
-                                 optim_config.warmup_start_factor)
-  return optim.make_optimizer(params_shapes, plan.model, "pretrain", optim_config, schedule), \
-      schedule
-
-
-def state_from_params(params, tx) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-
-def init_state(key, plan: Plan, tx) -> TrainState:
-  cfg = plan.model
-  model = MixMIMPretrainModel(cfg)
-  images = jnp.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
-  params = model.init(key, images, jnp.zeros((1, cfg.num_mask_cells)))["params"]
-  return state_from_params(params, tx)
+from mixmim_jax.plan import Plan
+from mixmim_jax.state import TrainState
 
 
 def _micro_batches(images, plan: Plan, accum: int):
@@ -117,57 +64,4 @@ def train_step(state: TrainState, images: jax.Array, base_key: jax.Array,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def compile_train_step(plan: Plan, config, mesh) -> StepFns:
-  """Shardings for state and batch, an init that creates the state already
-  sharded, and the jitted, donating step."""
-  cfg = plan.model
-  params_shapes = jax.eval_shape(
-      lambda: MixMIMPretrainModel(cfg).init(
-          jax.random.key(0), jnp.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans)),
-          jnp.zeros((1, cfg.num_mask_cells)))["params"])
-  tx, schedule = make_tx(plan, config.optim, params_shapes)
-  init = functools.partial(init_state, plan=plan, tx=tx)
-  abstract_state = jax.eval_shape(init, jax.random.key(0))
-  state_shardings = sharding.tree_shardings(abstract_state, mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
-  rep = sharding.replicated(mesh)
-  init_jit = jax.jit(init, out_shardings=state_shardings)
-  from_params = jax.jit(functools.partial(state_from_params, tx=tx),
-                        out_shardings=state_shardings)
-  step = sharding.under_activation_rules(
-      functools.partial(train_step, plan=plan, tx=tx, schedule=schedule, config=config), mesh)
-  step_jit = jax.jit(step, in_shardings=(state_shardings, batch_sharding, rep),
-                     out_shardings=(state_shardings, rep), donate_argnums=(0,))
-  replay_jit = jax.jit(step, in_shardings=(state_shardings, batch_sharding, rep, rep),
-                       out_shardings=(state_shardings, rep), donate_argnums=(0,))
-  return StepFns(init=init_jit, from_params=from_params, step=step_jit,
-                 replay_step=replay_jit, state_shardings=state_shardings,
-                 batch_sharding=batch_sharding, abstract_state=abstract_state, tx=tx,
-                 schedule=schedule)
-
-
-def unrolled_on_one_cpu(plan):
-  """`plan` (pretraining or fine-tuning) with its block stacks unrolled, and a
-  one-CPU-device mesh to lower it on: where FLOPs are counted (see step_flops)."""
-  unrolled = dataclasses.replace(plan, model=dataclasses.replace(plan.model, scan_blocks=False))
-  return unrolled, sharding.make_mesh(dict(data=1, fsdp=1, model=1), jax.devices("cpu")[:1])
-
-
-def step_flops(plan: Plan, config, batch_shape: tuple[int, ...]) -> float | None:
-  """FLOPs of one whole train step (all devices together), from XLA's cost
-  analysis of the program before partitioning.
-
-  XLA counts a loop body once, not once per iteration, so the count comes from
-  the same step with its block stacks unrolled (the same arithmetic), lowered
-  but not compiled: seconds, where compiling it would take minutes. It is
-  lowered for one CPU device, which works wherever the step is compiled for
-  (including TPU slices compiled ahead of time, which give no lowered cost).
-  """
-  unrolled, mesh = unrolled_on_one_cpu(plan)
-  fns = compile_train_step(unrolled, config, mesh)
-  images = jax.ShapeDtypeStruct(batch_shape, jnp.float32, sharding=fns.batch_sharding)
-  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
-  return hlo_stats.cost_flops(fns.step.lower(fns.abstract_state_sharded(), images, key))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -47,7 +47,7 @@ def modules():
                 "https://github.com/Sense-X/MixMIM to run this test.")
   if not os.path.isfile(os.path.join(repo, "models_mixmim.py")):
     pytest.fail(f"{ENV}={repo!r} has no models_mixmim.py; expected a Sense-X/MixMIM checkout.")
-  from mixmim_jax import torch_reference  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.tools import torch_reference  # pylint: disable=import-outside-toplevel
   torch_reference.stub_torchvision()      # before timm, which imports it
   pytest.importorskip("timm", reason="timm==0.4.12 runs the authors' code")
   sys.modules.setdefault("torch._six", types.SimpleNamespace(inf=math.inf))

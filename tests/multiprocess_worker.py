@@ -21,14 +21,15 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_fixtures  # noqa: E402
-from mixmim_jax import sharding, train_config  # noqa: E402
-from mixmim_jax.train_step import compile_train_step  # noqa: E402
+from mixmim_jax import sharding  # noqa: E402
+from mixmim_jax.plan import make_plan  # noqa: E402
+from mixmim_jax.steps import compile_steps  # noqa: E402
 
 config = train_fixtures.tiny_config(data_dir, group_size=2, batch_size=32)
 config.mesh.update(dict(data=-1, fsdp=2, model=1))
 mesh = sharding.make_mesh(config.mesh)
-plan = train_config.make_plan(config, num_examples=1000, num_devices=jax.device_count())
-fns = compile_train_step(plan, config, mesh)
+plan = make_plan(config, num_examples=1000, num_devices=jax.device_count())
+fns = compile_steps(plan, config, mesh)
 state = fns.init(jax.random.key(0))
 rng = np.random.default_rng(0)
 losses = []

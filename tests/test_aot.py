@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mixmim_jax import hlo_stats
+from mixmim_jax.tools import hlo_stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
@@ -138,7 +138,7 @@ def test_collective_parser_on_tpu_style_text():
 def test_tiny_model_compiles_for_a_v5e_slice(tmp_path):
   """The tests' tiny model, data=2 x fsdp=2 on a v5e 2x2 slice: it fits, XLA counts
   FLOPs, the sharded parameters are gathered and their gradients reduce-scattered."""
-  from mixmim_jax import aot  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.tools import aot  # pylint: disable=import-outside-toplevel
   import train_fixtures  # pylint: disable=import-outside-toplevel
   config = train_fixtures.tiny_config(str(tmp_path))
   config.mesh.update(dict(data=-1, fsdp=2, model=1))
@@ -158,7 +158,7 @@ def test_tiny_model_compiles_for_a_v5e_slice(tmp_path):
 
 
 def test_topology_names():
-  from mixmim_jax import aot  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.tools import aot  # pylint: disable=import-outside-toplevel
   assert aot.parse_topology("v5p:2x2x4") == ("v5p", "v5:2x2x4", (2, 2, 4))
   assert aot.parse_topology("v5e:8x8") == ("v5e", "v5e:8x8", (8, 8))
   with pytest.raises(ValueError, match="'v7:2x2'"):
@@ -170,8 +170,9 @@ def test_topology_names():
 def test_base_model_fits_a_v5e_chip_at_224():
   """MixMIM-B at 224 px, 8 images per chip on v5e 2x2 (pure data parallel): fits,
   all-reduces the gradients once, moves no activations. Run with -m slow."""
-  from mixmim_jax import aot, config_cli  # pylint: disable=import-outside-toplevel
-  config = config_cli.load_config(os.path.join(REPO, "configs", "base_pretrain.py"))
+  from mixmim_jax import cli  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.tools import aot  # pylint: disable=import-outside-toplevel
+  config = cli.load_config(os.path.join(REPO, "configs", "base_pretrain.py"))
   r = aot.compile_for_topology(config, "v5e:2x2", batch_per_chip=8)
   assert r["fits"]
   assert 0.95 < r["checks"]["all_reduce_over_param_bytes"] < 1.1

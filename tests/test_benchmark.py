@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixmim_jax import arch, benchmark, config_cli, hlo_stats, kernel_bench
+from mixmim_jax import arch, cli
+from mixmim_jax.tools import benchmark, chips, kernel_bench
 from mixmim_jax.decoder import MixMIMPretrainModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,25 +96,27 @@ def test_synthetic_jpegs_are_imagenet_sized(tmp_path):
 
 
 def test_overrides_name_the_bad_key():
-  config = config_cli.load_config(BASE)
-  config_cli.apply_overrides(config, ["--config.model.remat=True", "--config.mesh.fsdp=2"])
+  config = cli.load_config(BASE)
+  cli.apply_overrides(config, ["--config.model.remat=True", "--config.mesh.fsdp=2"])
   assert config.model.remat is True and config.mesh.fsdp == 2
-  with pytest.raises(ValueError, match="no key 'nope'"):
-    config_cli.apply_overrides(config, ["--config.model.nope=1"])
-  with pytest.raises(FileNotFoundError, match="no file"):
-    config_cli.load_config("configs/missing.py")
+  with pytest.raises(cli.UserError, match="model has no 'nope'"):
+    cli.apply_overrides(config, ["--config.model.nope=1"])
+  with pytest.raises(cli.UserError, match="does not exist"):
+    cli.load_config("configs/missing.py")
 
 
-def test_peak_table_matches_launch_table():
-  """One set of TPU peaks: the launcher's cost table and the benchmark's MFU agree."""
+def test_one_chip_table_for_launcher_benchmark_and_aot():
+  """The launcher's generations are the chip table's, so its cost table and the
+  benchmark's MFU use the same peaks; JAX's device names map onto it."""
   from launch import accelerators  # pylint: disable=import-outside-toplevel
-  for gen, g in accelerators.GENERATIONS.items():
-    assert hlo_stats.CHIPS[gen].peak_bf16 == g.peak_bf16_tflops * 1e12
-  assert hlo_stats.chip_for("TPU v5 lite") == "v5e"
-  assert hlo_stats.chip_for("TPU v5") == "v5p"
-  assert hlo_stats.chip_for("NVIDIA H200") == "h200"
-  assert hlo_stats.peak_flops("TPU v4", "float32") == 275e12
-  assert hlo_stats.peak_flops("cpu", "float32") is None
+  assert accelerators.GENERATIONS is chips.TPUS
+  assert accelerators.parse_accelerator("v5e-64").peak_bf16_tflops == 197.0
+  assert chips.chip_for("TPU v5 lite") == "v5e"
+  assert chips.chip_for("TPU v5") == "v5p"
+  assert chips.chip_for("TPU v6 lite") == "v6e"
+  assert chips.chip_for("NVIDIA H200") == "h200"
+  assert chips.peak_flops("TPU v4", "float32") == 275e12
+  assert chips.peak_flops("cpu", "float32") is None
 
 
 def _dense_products_of_the_model(cfg, batch):

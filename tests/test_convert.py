@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mixmim_jax import api, convert, torch_format  # noqa: E402
-from mixmim_jax import torch_reference as ref  # noqa: E402
+from mixmim_jax.tools import torch_reference as ref  # noqa: E402
 from mixmim_jax.arch import model_config  # noqa: E402
 from mixmim_jax.params_io import load_params, save_params  # noqa: E402
 import torch_helpers as th  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 from mixmim_jax import data
 from mixmim_jax.data import augment
 from mixmim_jax.data import fashion_mnist
-from mixmim_jax.data._tf import tf
+from mixmim_jax.data.tf_cpu import tf
 
 MEAN = np.array(data.default_config().mean, np.float32)
 STD = np.array(data.default_config().std, np.float32)

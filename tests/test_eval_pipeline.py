@@ -22,7 +22,7 @@ skimage_data = pytest.importorskip("skimage.data")
 
 from PIL import Image  # noqa: E402
 
-from mixmim_jax import torch_reference as ref  # noqa: E402
+from mixmim_jax.tools import torch_reference as ref  # noqa: E402
 from mixmim_jax.data import labeled  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,9 +66,9 @@ def photo_folder(tmp_path_factory):
 def _ours(root, config):
   c = copy.deepcopy(config.data)
   c.source, c.folder, c.eval_split, c.num_parallel_calls = "folder", root, "val", 1
-  num, batches = labeled.eval_batches(c, local_batch_size=8)
+  batches = labeled.eval_batches(c, local_batch_size=8)
   batch = next(batches)
-  assert num == 1 and batch["mask"].all()
+  assert batches.num_batches == 1 and batch["mask"].all()
   return batch["image"] * np.asarray(c.std, np.float32) + np.asarray(c.mean, np.float32)
 
 

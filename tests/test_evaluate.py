@@ -13,9 +13,9 @@ import pytest
 from mixmim_jax import api, params_io, sharding
 from mixmim_jax.arch import model_config
 from mixmim_jax.data import labeled
-from mixmim_jax.data._tf import tf
+from mixmim_jax.data.tf_cpu import tf
 from mixmim_jax.evaluate import classifier_eval_fn, evaluate, evaluate_checkpoint
-from mixmim_jax.finetune_config import finetune_defaults
+from mixmim_jax.recipes import finetune_defaults
 
 N = 37                       # not a multiple of the global batch (16) nor of 8 devices
 CFG = model_config(dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)),
@@ -71,10 +71,10 @@ def test_hosts_read_disjoint_shards_with_equal_batch_counts(data_dir, hosts):
   c = _config(directory)
   seen, counts = [], set()
   for p in range(hosts):
-    num, it = labeled.eval_batches(c.data, local_batch_size=16 // hosts or 1,
-                                   process_index=p, process_count=hosts)
-    counts.add(num)
-    for _ in range(num):
+    it = labeled.eval_batches(c.data, local_batch_size=16 // hosts or 1,
+                              process_index=p, process_count=hosts)
+    counts.add(it.num_batches)
+    for _ in range(it.num_batches):
       batch = next(it)
       keep = batch["mask"] > 0
       seen += [(int(y), x.tobytes()) for y, x in zip(batch["label"][keep], batch["image"][keep])]

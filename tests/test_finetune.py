@@ -13,12 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixmim_jax import api, checkpointing, finetune_config, finetune_init, params_io, sharding
+from mixmim_jax import api, checkpointing, data, mixup, params_io, plan as plan_lib, sharding
 from mixmim_jax.arch import model_config
-from mixmim_jax.data import labeled, mixup, randaugment
-from mixmim_jax.data._tf import tf
-from mixmim_jax.finetune_step import (LinearProbe, compile_steps, fold_probe,
-                                      soft_cross_entropy)
+from mixmim_jax.data import labeled, randaugment, sources
+from mixmim_jax.data.tf_cpu import tf
+from mixmim_jax.finetune_step import soft_cross_entropy
+from mixmim_jax.linear_probe import LinearProbe, fold_probe
+from mixmim_jax.steps import compile_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
@@ -88,7 +89,7 @@ def test_random_batch_augment_uses_both_and_stays_on_each_device():
 
 def test_smoothed_soft_cross_entropy_equals_mmpretrain_label_smooth_loss():
   torch = pytest.importorskip("torch")
-  from mixmim_jax import torch_reference as ref  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.tools import torch_reference as ref  # pylint: disable=import-outside-toplevel
   models = ref.import_mmpretrain()
   loss = models.build(dict(type="LabelSmoothLoss", label_smooth_val=0.1, mode="original",
                            num_classes=10))
@@ -132,7 +133,7 @@ def test_every_op_changes_the_image_and_stays_on_the_grid():
 
 
 def test_train_augmentations_run_inside_tf_data_and_change_images():
-  cfg = labeled.default_config()
+  cfg = data.labeled_config()
   cfg.image_size = 32
   images = np.stack([_photo().astype(np.uint8)] * 16)
   keys = tf.random.experimental.stateless_split(tf.constant([0, 7], tf.int64), 16)
@@ -152,7 +153,7 @@ def test_train_augmentations_run_inside_tf_data_and_change_images():
 
 def test_label_fraction_keeps_ten_percent_of_each_class(tmp_path):
   _, labels = write_idx_split(str(tmp_path), "train", 400)
-  keep = labeled._subset(labels, 0.1)  # pylint: disable=protected-access
+  keep = sources.label_subset(labels, 0.1)
   for c in range(10):
     n = int((labels == c).sum())
     assert int((labels[keep] == c).sum()) == max(1, int(np.ceil(0.1 * n)))
@@ -163,21 +164,21 @@ def test_label_fraction_keeps_ten_percent_of_each_class(tmp_path):
 def test_resizing_to_the_same_windows_keeps_the_output():
   params = api.init_params(TINY_CFG, "classifier", 0)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  same, report = finetune_init.adapt(TINY_CFG, params, TINY_CFG,
+  same, report = params_io.adapt(TINY_CFG, params, TINY_CFG,
                                      jax.tree.map(np.zeros_like, params))
   assert not report["fresh"] and not report["resized"]
   np.testing.assert_array_equal(api.classify(TINY_CFG, params, x),
                                 api.classify(TINY_CFG, same, x))
   table = np.random.default_rng(0).standard_normal((49, 2)).astype(np.float32)
-  np.testing.assert_allclose(finetune_init.resize_relative_bias_table(table, 4), table)
+  np.testing.assert_allclose(params_io.resize_relative_bias_table(table, 4), table)
   # A real resize (identity matrix rows sum to one: a constant table stays constant).
-  np.testing.assert_allclose(finetune_init.bicubic_matrix(7, 13).sum(1), 1.0, atol=1e-12)
+  np.testing.assert_allclose(params_io.bicubic_matrix(7, 13).sum(1), 1.0, atol=1e-12)
 
 
 def test_bicubic_resize_equals_torch_interpolate():
   torch = pytest.importorskip("torch")
   table = np.random.default_rng(0).standard_normal((27 * 27, 3)).astype(np.float32)
-  ours = finetune_init.resize_relative_bias_table(table, 24)
+  ours = params_io.resize_relative_bias_table(table, 24)
   grid = torch.from_numpy(table.reshape(27, 27, 3).transpose(2, 0, 1))[None]
   theirs = torch.nn.functional.interpolate(grid, size=(47, 47), mode="bicubic",
                                            align_corners=False)[0].numpy()
@@ -198,7 +199,7 @@ def test_init_from_pretraining_workdir_and_params_file(tmp_path):
   dst = TINY_CFG.replace(window_sizes=(2, 4, 2, 1))
   fresh = api.init_params(dst, "classifier", 0)
   for source in (str(tmp_path / "pre"), str(tmp_path / "pre.msgpack")):
-    params, cfg = finetune_init.initial_params(source, -1, dst, fresh)
+    params, cfg = params_io.initial_params(source, -1, dst, fresh)
     assert cfg.pos_embed == "col_row"                   # the checkpoint's table layout
     assert "decoder" not in params
     np.testing.assert_array_equal(params["head"]["kernel"], fresh["head"]["kernel"])
@@ -206,11 +207,11 @@ def test_init_from_pretraining_workdir_and_params_file(tmp_path):
                                   pre["encoder"]["norm"]["scale"])
     table = params["encoder"]["layers_0"]["blocks_0"]["attn"]["relative_position_bias_table"]
     assert table.shape == (9, 1)
-    np.testing.assert_allclose(table, finetune_init.resize_relative_bias_table(
+    np.testing.assert_allclose(table, params_io.resize_relative_bias_table(
         np.asarray(pre["encoder"]["layers_0"]["blocks_0"]["attn"]
                    ["relative_position_bias_table"]), 2))
   with pytest.raises(ValueError, match="embed_dim"):
-    finetune_init.adapt(pre_cfg.replace(embed_dim=32), {}, dst, fresh)
+    params_io.adapt(pre_cfg.replace(embed_dim=32), {}, dst, fresh)
 
 
 def test_folded_probe_equals_probe_in_eval_mode():
@@ -236,7 +237,7 @@ def _load(name):
 
 
 FT_CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
-                    if getattr(_load(f), "TASK", "pretrain") in finetune_config.TASKS)
+                    if f.endswith(".py") and _load(f).get_config().trainer == "finetune")
 
 
 def _tiny(c, data_dir):
@@ -258,7 +259,7 @@ def test_every_finetune_config_builds_a_step(tmp_path):
   mesh_devices = jax.device_count()
   for name in FT_CONFIGS:
     c = _tiny(_load(name).get_config(), str(tmp_path))
-    plan = finetune_config.make_plan(c, 96, mesh_devices)
+    plan = plan_lib.make_plan(c, 96, mesh_devices)
     fns = compile_steps(plan, c, sharding.make_mesh(c.mesh))
     images = jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.float32, sharding=fns.batch_sharding)
     labels = jax.ShapeDtypeStruct((16,), jnp.int32, sharding=fns.batch_sharding)
@@ -267,7 +268,7 @@ def test_every_finetune_config_builds_a_step(tmp_path):
     lowered = fns.step.lower(state, images, labels, jax.random.key(0))
     assert "while" not in name and lowered.as_text()
   c384 = _load("base_finetune.py").get_config("384")
-  assert finetune_config.build_model_config(c384).effective_windows == (16, 16, 24, 12)
+  assert plan_lib.build_model_config(c384).effective_windows == (16, 16, 24, 12)
 
 
 @pytest.mark.parametrize("name", ["fashion_mnist_finetune.py", "fashion_mnist_linprobe.py"])
@@ -287,6 +288,6 @@ def test_trainer_runs_resumes_and_exports(tmp_path, name):
   exported = params_io.load_params(os.path.join(work, "final.msgpack"))
   assert exported.kind == "classifier" and "feature_norm" not in exported.params
   if c.task == "linprobe":   # the frozen encoder did not move
-    start = finetune.fresh_variables(exported.config, "linprobe", c.seed)["params"]
+    start = api.init_params(exported.config, "linprobe", c.seed)
     np.testing.assert_array_equal(exported.params["encoder"]["norm"]["scale"],
                                   start["encoder"]["norm"]["scale"])

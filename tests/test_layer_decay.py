@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mixmim_jax import api, layer_decay, optim, torch_format  # noqa: E402
-from mixmim_jax import torch_reference as ref  # noqa: E402
+from mixmim_jax.tools import torch_reference as ref  # noqa: E402
 from mixmim_jax.arch import model_config  # noqa: E402
 
 BASE = model_config("base", num_classes=1000)
@@ -48,7 +48,7 @@ def _ours(cfg, rule):
   scales = layer_decay.lr_scales(shapes, cfg, RATE, rule)
   mask = optim.weight_decay_mask(shapes, cfg, "classifier", rule, finetune=True)
   out = {}
-  for key, path, _, _ in torch_format._entries(cfg, torch_format.MMPRETRAIN, "classifier"):  # pylint: disable=protected-access
+  for path, key in torch_format.torch_names(cfg, "classifier").items():
     s, m = scales, mask
     for p in path:
       s, m = s[p], m[p]
@@ -121,7 +121,7 @@ def test_one_adamw_step_equals_torch_param_groups():
       optax.scale_by_adam(0.9, 0.999, 1e-8),
       optax.add_decayed_weights(WD, optim.weight_decay_mask(params, TINY, "classifier",
                                                             finetune=True)),
-      layer_decay.scale_by_schedules(jax.tree.map(
+      optim.scale_by_schedules(jax.tree.map(
           lambda s: (lambda step: LR * s), layer_decay.lr_scales(params, TINY, RATE))))
   params = jax.tree.map(jnp.asarray, params)
   state = tx.init(params)
@@ -170,9 +170,8 @@ def test_each_layer_follows_the_recipes_schedule_per_param_group():
                                       warmup_epochs=2, epochs=10)
   names = [g["param_name"] for g in loop.optim_wrapper.optimizer.param_groups]
   scales = layer_decay.lr_scales(api.param_shapes(BASE, "classifier"), BASE, RATE)
-  schedules = layer_decay.group_schedules(scales, LR, total, warmup, 1e-6, 1e-6)
-  paths = {key: path for key, path, _, _ in torch_format._entries(  # pylint: disable=protected-access
-      BASE, torch_format.MMPRETRAIN, "classifier")}
+  schedules = optim.group_schedules(scales, LR, total, warmup, 1e-6, 1e-6)
+  paths = {key: path for path, key in torch_format.torch_names(BASE, "classifier").items()}
   stem = names.index("backbone.patch_embed.projection.weight")
   seen = []
   for step in range(total):

@@ -21,10 +21,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mixmim_jax import finetune_config, finetune_step, sharding, torch_format  # noqa: E402
-from mixmim_jax import train_config  # noqa: E402
-from mixmim_jax import torch_reference as ref  # noqa: E402
-from mixmim_jax.train_step import compile_train_step  # noqa: E402
+from mixmim_jax import recipes, sharding, torch_format  # noqa: E402
+from mixmim_jax.plan import make_plan  # noqa: E402
+from mixmim_jax.steps import compile_steps  # noqa: E402
+from mixmim_jax.tools import torch_reference as ref  # noqa: E402
 import torch_helpers as th  # noqa: E402
 from reference_loop import ReferenceLoop  # noqa: E402
 from test_parity import TINY, coarse_mask  # noqa: E402
@@ -84,12 +84,11 @@ def _check(name, ours, theirs, params, model, cfg, kind):
 
 
 def test_pretraining_loop_matches_mmpretrain():
-  config = _shared(train_config.pretrain_defaults(), decoder_dim=TINY["decoder_dim"],
+  config = _shared(recipes.pretrain_defaults(), decoder_dim=TINY["decoder_dim"],
                    decoder_depth=TINY["decoder_depth"], decoder_heads=TINY["decoder_heads"])
-  plan = train_config.make_plan(config, num_examples=EPOCH_LENGTH * BATCH,
-                                num_devices=2)
+  plan = make_plan(config, num_examples=EPOCH_LENGTH * BATCH, num_devices=2)
   assert (plan.total_steps, plan.warmup_steps, plan.num_groups) == (STEPS, 6, 1)
-  fns = compile_train_step(plan, config, sharding.make_mesh(config.mesh, jax.devices()[:2]))
+  fns = compile_steps(plan, config, sharding.make_mesh(config.mesh, jax.devices()[:2]))
   model = ref.build_pretrain_model(plan.model)
   params = torch_format.state_dict_to_flax(th.numpy_state_dict(model), torch_format.MMPRETRAIN,
                                            plan.model, "pretrain")
@@ -111,17 +110,16 @@ def test_finetuning_loop_matches_mmpretrain():
   """Mixup/cutmix and drop path off (random in both); label smoothing 0.1 and
   layer decay 0.7 as the recipe."""
   from mmpretrain.structures import DataSample  # pylint: disable=import-outside-toplevel
-  config = _shared(finetune_config.finetune_defaults(), drop_path_rate=0.0)
+  config = _shared(recipes.finetune_defaults(), drop_path_rate=0.0)
   config.num_classes = TINY["num_classes"]
   config.mixup_alpha = config.cutmix_alpha = 0.0
   config.eval_batch_size = BATCH
-  plan = finetune_config.make_plan(config, num_examples=EPOCH_LENGTH * BATCH, num_devices=2)
+  plan = make_plan(config, num_examples=EPOCH_LENGTH * BATCH, num_devices=2)
   assert (plan.total_steps, plan.warmup_steps) == (STEPS, 6)
   # mmpretrain's classifier built from scratch keeps its position table at zero
   # (only a loaded pretrained backbone fills it); take its weights as they are.
   plan = dataclasses.replace(plan, model=plan.model.replace(pos_embed="none"))
-  fns = finetune_step.compile_steps(plan, config,
-                                    sharding.make_mesh(config.mesh, jax.devices()[:2]))
+  fns = compile_steps(plan, config, sharding.make_mesh(config.mesh, jax.devices()[:2]))
   model = ref.build_classifier(plan.model, train_augments=False)
   params = torch_format.state_dict_to_flax(th.numpy_state_dict(model), torch_format.MMPRETRAIN,
                                            plan.model, "classifier")

@@ -30,7 +30,7 @@ def reference_count(model) -> int:
 
 def test_base_classifier_parameter_count():
   torch = pytest.importorskip("torch")  # noqa: F841
-  from mixmim_jax import torch_reference as ref  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.tools import torch_reference as ref  # pylint: disable=import-outside-toplevel
   ours = count(api.param_shapes(BASE, "classifier")) + ABS_POS
   print(f"\nbase classifier: {ours:,} parameters ({ours / 1e6:.2f} M)")
   assert round(ours / 1e6, 2) == 88.34
@@ -39,7 +39,7 @@ def test_base_classifier_parameter_count():
 
 def test_base_pretrain_parameter_count():
   torch = pytest.importorskip("torch")  # noqa: F841
-  from mixmim_jax import torch_reference as ref  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.tools import torch_reference as ref  # pylint: disable=import-outside-toplevel
   ours = count(api.param_shapes(BASE, "pretrain")) + ABS_POS + DEC_POS
   print(f"\nbase pretraining model: {ours:,} parameters ({ours / 1e6:.2f} M)")
   assert round(ours / 1e6, 2) == 114.67

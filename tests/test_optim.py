@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mixmim_jax import api, optim, torch_format  # noqa: E402
-from mixmim_jax import torch_reference as ref  # noqa: E402
+from mixmim_jax.tools import torch_reference as ref  # noqa: E402
 from mixmim_jax.arch import model_config  # noqa: E402
 
 CFG = model_config(dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
@@ -19,8 +19,8 @@ CFG = model_config(dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8
 
 def _flat_mask(mask_tree):
   """{mmpretrain name: decays?} from our mask tree, through the converter's table."""
-  return {key: bool(_get(mask_tree, path)) for key, path, _, _ in torch_format._entries(  # pylint: disable=protected-access
-      CFG, torch_format.MMPRETRAIN, "pretrain")}
+  return {key: bool(_get(mask_tree, path))
+          for path, key in torch_format.torch_names(CFG, "pretrain").items()}
 
 
 def _get(tree, path):
@@ -59,8 +59,8 @@ def test_authors_weight_decay_rule():
   params = api.param_shapes(CFG, "pretrain")
   ours = _flat_mask(optim.weight_decay_mask(params, CFG, "pretrain", "authors"))
   for name, decays in ours.items():
-    shape = _get(params, dict((k, p) for k, p, _, _ in torch_format._entries(  # pylint: disable=protected-access
-        CFG, torch_format.MMPRETRAIN, "pretrain"))[name]).shape
+    paths = {k: p for p, k in torch_format.torch_names(CFG, "pretrain").items()}
+    shape = _get(params, paths[name]).shape
     expected = len(shape) > 1 and not name.endswith("mask_token")
     assert decays == expected, name
   assert ours["backbone.layers.0.blocks.0.attn.relative_position_bias_table"]

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from mixmim_jax import api, convert, tables, torch_format  # noqa: E402
 from mixmim_jax.arch import model_config  # noqa: E402
-from mixmim_jax import torch_reference as ref  # noqa: E402
+from mixmim_jax.tools import torch_reference as ref  # noqa: E402
 import torch_helpers as th  # noqa: E402
 
 TINY = dict(arch=dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
@@ -90,14 +90,13 @@ def run_pretrain_parity(cfg, batch, seed, fmt=torch_format.MMPRETRAIN):
   grads = jax.grad(lambda p: api.pretrain_forward(cfg, p, jnp.asarray(images), jmask)["loss"])(
       params)
   grad_sd = torch_format.flax_to_state_dict(grads, cfg, kind, fmt, with_buffers=False)
-  n = torch_format._NAMES[fmt]  # pylint: disable=protected-access
-  e = n["enc"]
+  names = torch_format.torch_names(cfg, kind, fmt)
   last_stage = len(cfg.depths) - 2
+  table = ("encoder", f"layers_{last_stage}", "blocks_1", "attn", "relative_position_bias_table")
   picked = {
-      f"{e}{n['patch_proj']}.weight": "backbone.patch_embed.projection.weight",
-      f"{e}layers.{last_stage}.blocks.1.attn.relative_position_bias_table":
-          f"backbone.layers.{last_stage}.blocks.1.attn.relative_position_bias_table",
-      f"{n['dec']}decoder_pred.weight": "neck.decoder_pred.weight",
+      names[("encoder", "patch_embed", "proj", "kernel")]: "backbone.patch_embed.projection.weight",
+      names[table]: f"backbone.layers.{last_stage}.blocks.1.attn.relative_position_bias_table",
+      names[("decoder", "pred", "kernel")]: "neck.decoder_pred.weight",
   }
   for ours_key, ref_key in picked.items():
     assert_close(grad_sd[ours_key], ref_grads[ref_key], f"grad {ref_key}")

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixmim_jax import checkpointing, hlo_stats, sharding, train, train_config
+from mixmim_jax import checkpointing, cli, loop, plan as plan_lib, sharding, train
 from mixmim_jax.decoder import MixMIMPretrainModel
-from mixmim_jax.train_step import compile_train_step
+from mixmim_jax.steps import compile_steps
+from mixmim_jax.tools import hlo_stats
 import train_fixtures as tf_
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,8 +27,8 @@ def data_dir(tmp_path_factory):
 
 def _step_on(devices, mesh_cfg, config, images):
   mesh = sharding.make_mesh(mesh_cfg, devices)
-  plan = train_config.make_plan(config, num_examples=1000, num_devices=len(devices))
-  fns = compile_train_step(plan, config, mesh)
+  plan = plan_lib.make_plan(config, num_examples=1000, num_devices=len(devices))
+  fns = compile_steps(plan, config, mesh)
   state = fns.init(jax.random.key(0))
   batch = jax.device_put(images, fns.batch_sharding)
   state, metrics = fns.step(state, batch, jax.random.key(1))
@@ -67,8 +68,8 @@ def test_data_parallel_step_moves_no_activations(data_dir):
   config = tf_.tiny_config(data_dir, batch_size=16)
   config.mesh.update(dict(data=8, fsdp=1, model=1))
   mesh = sharding.make_mesh(config.mesh)
-  plan = train_config.make_plan(config, num_examples=1000, num_devices=8)
-  fns = compile_train_step(plan, config, mesh)
+  plan = plan_lib.make_plan(config, num_examples=1000, num_devices=8)
+  fns = compile_steps(plan, config, mesh)
   images = jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.float32, sharding=fns.batch_sharding)
   hlo = fns.step.lower(fns.abstract_state_sharded(), images, jax.random.key(0)).compile().as_text()
   for op in ("all-to-all", "collective-permute", "all-gather"):
@@ -106,10 +107,10 @@ def _load_config_module(path):
 
 
 def _pretrain_configs():
-  """Every configs/*.py whose TASK is pretraining (fine-tune and linear-probe
-  configs declare TASK and are compiled by tests/test_finetune.py)."""
+  """Every configs/*.py for the pretraining trainer (the fine-tuning ones are
+  compiled by tests/test_finetune.py)."""
   paths = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
-  return [p for p in paths if getattr(_load_config_module(p), "TASK", "pretrain") == "pretrain"]
+  return [p for p in paths if _load_config_module(p).get_config().trainer == "pretrain"]
 
 
 @pytest.mark.parametrize("path", _pretrain_configs(), ids=os.path.basename)
@@ -141,7 +142,7 @@ def test_every_config_compiles_one_step(path, data_dir):
 def test_plan_errors(changes, message, data_dir):
   config = tf_.tiny_config(data_dir, **changes)
   with pytest.raises(ValueError, match=re.escape(message)):
-    train_config.make_plan(config, num_examples=1000, num_devices=8)
+    plan_lib.make_plan(config, num_examples=1000, num_devices=8)
 
 
 def test_image_size_error(data_dir):
@@ -187,11 +188,10 @@ def test_two_processes_agree_with_one(data_dir, tmp_path):
 
 
 def test_unknown_config_key_is_named():
-  from mixmim_jax import main  # pylint: disable=import-outside-toplevel
   config = os.path.join(REPO, "configs", "fashion_mnist_pretrain.py")
-  with pytest.raises(SystemExit, match=r"unknown config key 'optim\.lrr'.*base_lr"):
-    main._check_config_overrides([f"--config={config}", "--config.optim.lrr=1"])  # pylint: disable=protected-access
-  main._check_config_overrides([f"--config={config}", "--config.optim.base_lr=1"])  # pylint: disable=protected-access
+  with pytest.raises(cli.UserError, match=r"unknown config key 'optim\.lrr'.*base_lr"):
+    cli.check_trainer_args([f"--config={config}", "--config.optim.lrr=1"])
+  cli.check_trainer_args([f"--config={config}", "--config.optim.base_lr=1"])
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
@@ -215,7 +215,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monke
 
   monkeypatch.setattr(data, "pretrain_batches", Poisoned)
   config = tf_.tiny_config(data_dir, num_train_steps=4)
-  with pytest.raises(train.NonFiniteLoss, match="at step 3"):
+  with pytest.raises(loop.NonFiniteLoss, match="at step 3"):
     train.train(config, str(tmp_path))
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
   assert ckpt.latest_step() == 2

@@ -1,18 +1,20 @@
-"""The pretraining input pipeline (tf.data on the host CPU).
+"""The input pipelines (tf.data on the host CPU).
 
-  info = data.describe(config.data)   # DatasetInfo(num_examples, source, where)
+  info = data.describe(config.data)   # DatasetInfo(num_examples, source, where, num_classes)
   it = data.pretrain_batches(config.data, local_batch_size=..., seed=...,
                              process_index=..., process_count=..., start_step=...)
   next(it)["image"]                   # float32 [B, S, S, 3], NHWC, normalized
-  it.skipped                          # corrupt images dropped so far
+  it.skipped                          # corrupt images replaced so far
 
-Sources: any TFDS dataset, a tfds.ImageFolder-style folder, or the Fashion-MNIST
-IDX files. Each process reads its own shard; batches are contiguous and MixMIM's
-mixing partners are formed later, by the trainer, inside each per-device group.
+Sources (sources.py): any TFDS dataset, a tfds.ImageFolder-style folder, or the
+Fashion-MNIST IDX files. Each process reads its own shard; batches are
+contiguous and MixMIM's mixing partners are formed later, by the trainer,
+inside each per-device group. Labelled batches and evaluation: labeled.py.
 """
 
-from mixmim_jax.data.config import default_config
-from mixmim_jax.data.pipeline import Batches, describe, pretrain_batches
+from mixmim_jax.data.config import default_config, labeled_config
+from mixmim_jax.data.pipeline import Batches, BrokenDataset, describe, pretrain_batches
 from mixmim_jax.data.sources import DatasetInfo
 
-__all__ = ["Batches", "DatasetInfo", "default_config", "describe", "pretrain_batches"]
+__all__ = ["Batches", "BrokenDataset", "DatasetInfo", "default_config", "describe",
+           "labeled_config", "pretrain_batches"]

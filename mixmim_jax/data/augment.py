@@ -9,7 +9,7 @@ bicubic into uint8: see `resize`.
 
 import math
 
-from mixmim_jax.data._tf import tf
+from mixmim_jax.data.tf_cpu import tf
 from mixmim_jax.data import config as config_lib
 from mixmim_jax.data import seeds
 
@@ -115,14 +115,21 @@ def resize(image, height, width, method="bicubic"):
   return tf.round(tf.clip_by_value(image, 0.0, 255.0))
 
 
-def pretrain_view(payload, key, kind, cfg):
-  """One augmented float32 [S, S, 3] view of an example.
+def read_payload(payload, kind):
+  """An example's image: uint8 pixels as they are ("pixels"), or the decoded
+  file ("encoded" bytes, or a "path" to read first)."""
+  if kind == "pixels":
+    return payload
+  return decode(tf.io.read_file(payload) if kind == "path" else payload)
+
+
+def crop_resize_flip(payload, crop_key, flip_key, kind, cfg):
+  """RandomResizedCrop (Pillow's resize) + horizontal flip: float32 [S, S, 3]
+  on the 0..255 grid.
 
   kind: "pixels" (uint8 [H, W, C] with C = 1 or 3), "encoded" (image file bytes)
   or "path" (a file to read first).
   """
-  crop_key, flip_key = tf.unstack(
-      tf.random.experimental.stateless_split(key, 2, alg=seeds.ALG))
   scale, ratio = tuple(cfg.crop_scale), tuple(cfg.crop_ratio)
   if kind == "pixels":
     crop = random_crop(payload, crop_key, scale, ratio)
@@ -137,6 +144,18 @@ def pretrain_view(payload, key, kind, cfg):
   if cfg.hflip:
     flip = tf.random.stateless_uniform([], flip_key, alg=seeds.ALG) < 0.5
     image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-  mean = tf.constant(cfg.mean, tf.float32)
-  std = tf.constant(cfg.std, tf.float32)
-  return (image - mean) / std
+  return image
+
+
+def normalize(image, cfg):
+  """(image - mean) / std per RGB channel; a grey image is widened to RGB first."""
+  image = tf.broadcast_to(image, tf.concat([tf.shape(image)[:2], [3]], 0))
+  return (image - tf.constant(cfg.mean, tf.float32)) / tf.constant(cfg.std, tf.float32)
+
+
+def pretrain_view(payload, key, kind, cfg):
+  """One augmented, normalized float32 [S, S, 3] view of an example: the
+  pretraining recipe's RandomResizedCrop + flip."""
+  crop_key, flip_key = tf.unstack(
+      tf.random.experimental.stateless_split(key, 2, alg=seeds.ALG))
+  return normalize(crop_resize_flip(payload, crop_key, flip_key, kind, cfg), cfg)

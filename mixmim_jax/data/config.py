@@ -49,6 +49,25 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def labeled_config() -> ml_collections.ConfigDict:
+  """The fine-tune input of mmpretrain's MixMIM-B recipe on ImageNet-1k: the
+  pretraining input plus labels, RandAugment, erasing and the evaluation view."""
+  c = default_config()
+  c.crop_scale = (0.08, 1.0)
+  c.eval_split = "validation"      # "test" for Fashion-MNIST, "val" for a folder
+  c.label_key = "label"            # the tfds feature holding the class
+  c.eval_resize = 256              # short side before the centre crop
+  c.randaugment = True
+  c.randaugment_ops = 2
+  c.randaugment_magnitude = 9.0
+  c.randaugment_std = 0.5
+  c.erase_prob = 0.25
+  # Keep this fraction of each class's training examples (a fixed, seed-free
+  # choice, so runs with different seeds see the same labelled subset).
+  c.label_fraction = 1.0
+  return c
+
+
 def validate(config) -> None:
   """Raises ValueError with the offending value for a config that cannot work."""
   if config.source not in SOURCES:

@@ -5,9 +5,9 @@ t10k-images-idx3-ubyte.gz (plus the label files) in /usr/share/datasets/fashion-
 """
 
 import gzip
-import os
 
 import numpy as np
+from etils import epath
 
 # IDX type byte -> big-endian NumPy dtype (http://yann.lecun.com/exdb/mnist/).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -18,9 +18,12 @@ INSTALL_HINT = "apt-get install dataset-fashion-mnist"
 def _open(path):
   # Sniff the gzip magic rather than trusting the suffix: some mirrors ship the
   # files already decompressed but keep the name.
-  with open(path, "rb") as f:
-    gzipped = f.read(2) == b"\x1f\x8b"
-  return gzip.open(path, "rb") if gzipped else open(path, "rb")
+  f = epath.Path(path).open("rb")
+  if f.read(2) == b"\x1f\x8b":
+    f.seek(0)
+    return gzip.GzipFile(fileobj=f, mode="rb")
+  f.seek(0)
+  return f
 
 
 def _parse_header(f, path):
@@ -57,13 +60,23 @@ def images_path(directory: str, split: str) -> str:
   """The images file of `split` ("train" or "test") in `directory`."""
   if split not in _SPLIT_PREFIX:
     raise ValueError(f"fashion_mnist split={split!r}; expected one of {sorted(_SPLIT_PREFIX)}.")
-  name = f"{_SPLIT_PREFIX[split]}-images-idx3-ubyte"
-  candidates = [os.path.join(directory, name + suffix) for suffix in (".gz", "")]
+  return _find(directory, f"{_SPLIT_PREFIX[split]}-images-idx3-ubyte", f"{split} images")
+
+
+def labels_path(directory: str, split: str) -> str:
+  """The labels file of `split` ("train" or "test") in `directory`."""
+  if split not in _SPLIT_PREFIX:
+    raise ValueError(f"fashion_mnist split={split!r}; expected one of {sorted(_SPLIT_PREFIX)}.")
+  return _find(directory, f"{_SPLIT_PREFIX[split]}-labels-idx1-ubyte", f"{split} labels")
+
+
+def _find(directory: str, name: str, what: str) -> str:
+  candidates = [str(epath.Path(directory) / (name + suffix)) for suffix in (".gz", "")]
   for path in candidates:
-    if os.path.isfile(path):
+    if epath.Path(path).is_file():
       return path
   raise FileNotFoundError(
-      f"Fashion-MNIST {split} images not found: looked for {' and '.join(candidates)}. "
+      f"Fashion-MNIST {what} not found: looked for {' and '.join(candidates)}. "
       f"Install them with `{INSTALL_HINT}` or set data.fashion_mnist_dir.")
 
 
@@ -74,3 +87,13 @@ def load_images(directory: str, split: str) -> np.ndarray:
   if images.ndim != 3 or images.dtype != np.uint8:
     raise ValueError(f"{path}: expected uint8 [N, H, W] images, got {images.dtype} {images.shape}.")
   return images
+
+
+def load_labels(directory: str, split: str, count: int) -> np.ndarray:
+  """int32 [N] classes of one split, checked against its `count` images."""
+  path = labels_path(directory, split)
+  labels = read_idx(path)
+  if labels.shape != (count,):
+    raise ValueError(f"{path}: {labels.shape[0] if labels.ndim else 0} labels for "
+                     f"{count} images.")
+  return labels.astype(np.int32)

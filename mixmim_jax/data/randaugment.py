@@ -13,7 +13,7 @@ warp; mmpretrain's config asks for bicubic there.
 """
 import math
 
-from mixmim_jax.data._tf import tf
+from mixmim_jax.data.tf_cpu import tf
 from mixmim_jax.data import seeds
 
 # (name, magnitude at level 0, magnitude at level 10, signed)

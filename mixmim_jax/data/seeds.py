@@ -5,7 +5,7 @@ thread scheduling or on how far an iterator has run, which is what makes
 `start_step` resume and parallel decoding reproducible bit for bit.
 """
 
-from mixmim_jax.data._tf import tf
+from mixmim_jax.data.tf_cpu import tf
 
 # Philox everywhere, named explicitly: "auto_select" may pick another algorithm
 # on another device, and then the same seed would give other crops.

@@ -199,52 +199,5 @@ def memory_bytes(compiled) -> dict[str, int] | None:
   return fields
 
 
-# ------------------------------------------------------------------ chips
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  name: str
-  hbm_gib: float
-  peak_bf16: float               # dense FLOP/s per chip (per device JAX shows)
-  peak_fp32: float | None        # None: no native float32 matmul rate published
-
-
-# Vendor figures, dense (no sparsity). TPU v4 and v5p devices are whole chips
-# (megacore). XLA runs float32 matmuls on TPU as bf16 passes, so TPUs have no
-# float32 peak here; on NVIDIA chips the float32 figure is TF32 tensor-core rate,
-# which XLA uses for float32 dots by default.
-CHIPS = {
-    "v4": Chip("TPU v4", 32, 275e12, None),
-    "v5e": Chip("TPU v5e", 16, 197e12, None),
-    "v5p": Chip("TPU v5p", 95, 459e12, None),
-    "v6e": Chip("TPU v6e", 32, 918e12, None),
-    "a100": Chip("NVIDIA A100", 80, 312e12, 156e12),
-    "h100": Chip("NVIDIA H100 SXM", 80, 989e12, 495e12),
-    "h200": Chip("NVIDIA H200", 141, 989e12, 495e12),
-}
-# device_kind strings as JAX reports them -> CHIPS key (first match wins).
-_KINDS = (("tpu v5 lite", "v5e"), ("tpu v5e", "v5e"), ("tpu v6 lite", "v6e"),
-          ("tpu v6e", "v6e"), ("tpu v5p", "v5p"), ("tpu v5", "v5p"), ("tpu v4", "v4"),
-          ("a100", "a100"), ("h100", "h100"), ("h200", "h200"))
-
-
-def chip_for(device_kind: str) -> str | None:
-  kind = device_kind.lower()
-  for needle, key in _KINDS:
-    if needle in kind:
-      return key
-  return None
-
-
-def peak_flops(device_kind: str, dtype: str) -> float | None:
-  """Peak FLOP/s of one device for matmuls in `dtype` ('bfloat16' / 'float32')."""
-  key = chip_for(device_kind)
-  if key is None:
-    return None
-  chip = CHIPS[key]
-  if dtype in ("bfloat16", "float16") or key in ("v4", "v5e", "v5p", "v6e"):
-    return chip.peak_bf16
-  return chip.peak_fp32
-
-
 def as_dict(stats: dict[str, CollectiveStats]) -> dict[str, dict[str, Any]]:
   return {k: dataclasses.asdict(v) for k, v in stats.items()}

@@ -1,0 +1,237 @@
+"""The command line of every program: flags, config files and their overrides,
+logging, joining a multi-process run, running the trainer a config names, and
+turning a user's mistake into one sentence and a non-zero exit code.
+
+  python -m mixmim_jax.main --config=configs/base_pretrain.py --workdir=DIR   # any trainer
+  python -m mixmim_jax.finetune --config=configs/base_finetune.py --workdir=DIR
+
+Trainers get absl flags (--config=FILE[:ARG] with --config.KEY=VALUE overrides,
+--workdir, the multi-process flags); the measurement tools use argparse and
+`load_config` / `apply_overrides`.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from etils import epath  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+# config.trainer -> (module, function(config, workdir) -> result dict).
+TRAINERS = {"pretrain": ("mixmim_jax.train", "train"),
+            "finetune": ("mixmim_jax.finetune", "finetune")}
+EXIT_ERROR = 1
+
+
+class UserError(Exception):
+  """A mistake of the command line or the config, said in one sentence."""
+
+
+# ------------------------------------------------------------------ configs
+
+def _config_path(argv) -> str | None:
+  """The --config value (with its optional ':ARG'), as absl would read it."""
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def load_config(spec: str):
+  """'configs/x.py' or 'configs/x.py:arg' -> the file's get_config() / get_config(arg)."""
+  path, _, arg = spec.partition(":")
+  if not epath.Path(path).is_file():
+    raise UserError(f"config file {path!r} does not exist (--config={spec}); expected a "
+                    "configs/*.py file.")
+  module_spec = importlib.util.spec_from_file_location("config_" + epath.Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise UserError(f"config file {path!r} does not parse: {e.msg} at line {e.lineno}.") from e
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file {path!r} has no get_config() function.")
+  try:
+    return module.get_config(arg) if arg else module.get_config()
+  except (ValueError, TypeError) as e:
+    raise UserError(f"config file {path!r} with argument {arg!r}: {e}") from e
+
+
+def _check_key(config, key: str) -> None:
+  node = config
+  for i, part in enumerate(key.split(".")):
+    if not hasattr(node, "keys") or part not in node.keys():
+      known = sorted(node.keys()) if hasattr(node, "keys") else []
+      where = ".".join(key.split(".")[:i]) or "the config"
+      raise UserError(f"unknown config key {key!r} in --config.{key}: {where} has no "
+                      f"{part!r}; known keys there: {', '.join(known)}.")
+    node = node[part]
+
+
+def check_trainer_args(argv) -> None:
+  """Before absl parses anything: the config file exists and loads, and every
+  --config.KEY override names a key it has (absl alone answers these with
+  tracebacks from deep inside flag parsing)."""
+  spec = _config_path(argv)
+  if spec is None:
+    return            # absl says that --config is required
+  config = load_config(spec)
+  for a in argv:
+    if a.startswith("--config."):
+      _check_key(config, a[len("--config."):].split("=", 1)[0])
+
+
+def _parse_value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # a bare string such as --config.data.source=folder
+
+
+def apply_overrides(config, overrides: list[str]):
+  """Applies ['--config.a.b=1', ...] (argparse tools); an unknown key is an
+  error naming it."""
+  for item in overrides:
+    if not item.startswith("--config.") or "=" not in item:
+      raise UserError(f"unexpected argument {item!r}; expected --config.KEY=VALUE.")
+    key, _, text = item[len("--config."):].partition("=")
+    _check_key(config, key)
+    *parents, leaf = key.split(".")
+    target = config
+    for p in parents:
+      target = target[p]
+    value = _parse_value(text)
+    target[leaf] = tuple(value) if isinstance(value, list) else value
+  return config
+
+
+# ------------------------------------------------------------------ runtime
+
+def setup_logging() -> None:
+  logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                      format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-process run: from --coordinator_address (or the MIXMIM_*
+  environment variables), or on a multi-host Cloud TPU from the VM itself."""
+  import jax  # pylint: disable=import-outside-toplevel
+  address = FLAGS.coordinator_address or os.environ.get("MIXMIM_COORDINATOR_ADDRESS")
+  if address:
+    num = FLAGS.num_processes or int(os.environ.get("MIXMIM_NUM_PROCESSES", "0"))
+    pid = FLAGS.process_id if FLAGS.process_id is not None else int(
+        os.environ.get("MIXMIM_PROCESS_ID", "-1"))
+    if num < 1 or pid < 0:
+      raise UserError(f"coordinator {address} given but num_processes={num} / "
+                      f"process_id={pid}; set both (flags or MIXMIM_* env vars).")
+    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    jax.distributed.initialize()   # multi-host Cloud TPU: everything comes from the VM
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+  """The exceptions that are a user's to fix: reported as one sentence."""
+  from mixmim_jax.loop import NonFiniteLoss  # pylint: disable=import-outside-toplevel
+  return (UserError, ValueError, FileNotFoundError, IsADirectoryError, NonFiniteLoss)
+
+
+def command(main_fn) -> int:
+  """Runs an argparse tool's main(); a user's mistake is one sentence on stderr
+  and exit code 1."""
+  try:
+    main_fn()
+  except user_errors() as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_ERROR
+  return 0
+
+
+def _report(e: BaseException) -> None:
+  logging.getLogger("mixmim_jax").error("%s", e)
+  if not logging.getLogger().handlers:
+    print(f"error: {e}", file=sys.stderr)
+
+
+def run_trainer(config, workdir: str) -> dict:
+  """Runs the trainer `config.trainer` names."""
+  name = config.get("trainer", "pretrain")
+  if name not in TRAINERS:
+    raise UserError(f"config.trainer={name!r}; expected one of {sorted(TRAINERS)}.")
+  module, function = TRAINERS[name]
+  return getattr(importlib.import_module(module), function)(config, workdir)
+
+
+def _trainer_main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  setup_logging()
+  try:
+    initialize_distributed()
+    import jax  # pylint: disable=import-outside-toplevel
+    config = FLAGS.config
+    if jax.process_index() == 0:
+      print(config, flush=True)
+    logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__,
+                 jax.process_count(), jax.device_count(), jax.devices()[0].platform)
+    run_trainer(config, FLAGS.workdir)
+  except user_errors() as e:
+    _report(e)
+    sys.exit(EXIT_ERROR)
+
+
+def define_trainer_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and pictures go here "
+                      "(a gs:// path on Cloud TPU). A run resumes from it automatically.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a "
+                      "multi-process run outside Cloud TPU (env MIXMIM_COORDINATOR_ADDRESS).")
+  flags.DEFINE_integer("num_processes", None, "processes in the run (env MIXMIM_NUM_PROCESSES).")
+  flags.DEFINE_integer("process_id", None, "this process's index (env MIXMIM_PROCESS_ID).")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main() -> None:
+  """`python -m mixmim_jax.main` (and `.finetune`): the trainer the config names."""
+  define_trainer_flags()
+  try:
+    check_trainer_args(sys.argv[1:])
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_ERROR)
+  app.run(_trainer_main)
+
+
+def run_tool(tool_main, checkpoint_flag: str) -> None:
+  """An absl program with --config and --checkpoint (evaluate): errors a user
+  can fix are one sentence and exit code 1."""
+  config_flags.DEFINE_config_file("config", None, "A configs/*_finetune.py or *_linprobe.py.")
+  flags.DEFINE_string("checkpoint", None, checkpoint_flag)
+  flags.mark_flags_as_required(["config", "checkpoint"])
+  try:
+    check_trainer_args(sys.argv[1:])
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_ERROR)
+
+  def wrapped(argv):
+    setup_logging()
+    try:
+      tool_main(argv)
+    except user_errors() as e:
+      _report(e)
+      sys.exit(EXIT_ERROR)
+
+  app.run(wrapped)
