@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 
-from mixmim_jax import torch_reference as ref
+from mixmim_jax.tools import torch_reference as ref
 
 
 def _register_mmpretrain():
