@@ -13,6 +13,9 @@ Policy:
                                     -> RECREATE; twice in a row -> GIVE_UP;
   slice READY, trainer not running  -> START (stop + setup + start; the
                                        trainer resumes from the workdir);
+  trainer stopped early, resumable (exit code 75: a preemption notice, SIGTERM,
+    Ctrl-C; mixmim_jax/exit_codes.py)
+                                    -> START, at most max_recreates times;
   trainer exited non-zero, or missing after a START, twice on one slice
                                     -> GIVE_UP (a bug, not a preemption);
   every worker's trainer exited 0   -> DONE;
@@ -24,6 +27,8 @@ import json
 import re
 from typing import Callable, List, Optional, Sequence, Union
 
+from mixmim_jax import exit_codes
+
 # Actions.
 WAIT, RECREATE, START, DONE, GIVE_UP = "WAIT", "RECREATE", "START", "DONE", "GIVE_UP"
 
@@ -31,8 +36,8 @@ WAIT, RECREATE, START, DONE, GIVE_UP = "WAIT", "RECREATE", "START", "DONE", "GIV
 READY, PROVISIONING, PREEMPTED, FAILED, GONE = (
     "READY", "PROVISIONING", "PREEMPTED", "FAILED", "GONE")
 # Job conditions (UNKNOWN: not probed because the slice is not READY).
-RUNNING, FINISHED, CRASHED, ABSENT, UNREACHABLE, UNKNOWN = (
-    "RUNNING", "FINISHED", "CRASHED", "ABSENT", "UNREACHABLE", "UNKNOWN")
+RUNNING, FINISHED, STOPPED, CRASHED, ABSENT, UNREACHABLE, UNKNOWN = (
+    "RUNNING", "FINISHED", "STOPPED", "CRASHED", "ABSENT", "UNREACHABLE", "UNKNOWN")
 
 NOT_FOUND = "NOT_FOUND"
 UNREACHABLE_POLLS = 5   # a READY slice whose workers don't answer this long is reported
@@ -112,10 +117,12 @@ def parse_probe(returncode: int, output: str, hosts: int) -> Observation:
   """Aggregate the per-worker probe lines into one job condition."""
   found = _PROBE_LINE.findall(output)
   codes = [int(code) for state, code in found if state.startswith("EXITED")]
-  bad = [c for c in codes if c != 0]
+  bad = [c for c in codes if c not in (exit_codes.FINISHED, exit_codes.STOPPED)]
   detail = ", ".join(state for state, _ in found) or "no answer"
   if bad:
     return Observation(READY, CRASHED, f"exit code {bad[0]} ({detail})")
+  if exit_codes.STOPPED in codes:
+    return Observation(READY, STOPPED, detail)
   if len(found) < hosts:
     return Observation(READY, UNREACHABLE, f"{len(found)} of {hosts} workers answered ({detail})")
   if all(state == "ABSENT" for state, _ in found):
@@ -166,6 +173,13 @@ def decide(history: History, max_recreates: int = 10) -> Decision:
     return Decision(WAIT, f"training ({obs.detail})")
   if obs.job == FINISHED:
     return Decision(DONE, f"training finished on every worker ({obs.detail})")
+  if obs.job == STOPPED:
+    resumes = sum(isinstance(h, Observation) and h.job == STOPPED for h in history[:-1])
+    if resumes >= max_recreates:
+      return Decision(GIVE_UP, f"the trainer stopped early again after {resumes} resumes; the "
+                      f"bound --max-recreates={max_recreates} is reached ({obs.detail})")
+    return Decision(START, f"the trainer stopped early for a preemption notice or a signal "
+                    f"({obs.detail}); resuming from its last checkpoint")
   if obs.job in (UNREACHABLE, UNKNOWN):
     tail = history[len(history) - UNREACHABLE_POLLS:]
     if (len(tail) == UNREACHABLE_POLLS and

@@ -24,11 +24,12 @@ from absl import app, flags  # noqa: E402
 from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from mixmim_jax import exit_codes  # noqa: E402
+
 FLAGS = flags.FLAGS
 # config.trainer -> (module, function(config, workdir) -> result dict).
 TRAINERS = {"pretrain": ("mixmim_jax.train", "train"),
             "finetune": ("mixmim_jax.finetune", "finetune")}
-EXIT_ERROR = 1
 
 
 class UserError(Exception):
@@ -154,8 +155,8 @@ def command(main_fn) -> int:
     main_fn()
   except user_errors() as e:
     print(f"error: {e}", file=sys.stderr)
-    return EXIT_ERROR
-  return 0
+    return exit_codes.ERROR
+  return exit_codes.FINISHED
 
 
 def _report(e: BaseException) -> None:
@@ -164,67 +165,85 @@ def _report(e: BaseException) -> None:
     print(f"error: {e}", file=sys.stderr)
 
 
-def run_trainer(config, workdir: str) -> dict:
+def run_trainer(config, workdir: str, **kwargs) -> dict:
   """Runs the trainer `config.trainer` names."""
   name = config.get("trainer", "pretrain")
   if name not in TRAINERS:
     raise UserError(f"config.trainer={name!r}; expected one of {sorted(TRAINERS)}.")
   module, function = TRAINERS[name]
-  return getattr(importlib.import_module(module), function)(config, workdir)
+  return getattr(importlib.import_module(module), function)(config, workdir, **kwargs)
 
 
 def _trainer_main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   setup_logging()
-  try:
-    initialize_distributed()
-    import jax  # pylint: disable=import-outside-toplevel
-    config = FLAGS.config
-    if jax.process_index() == 0:
-      print(config, flush=True)
-    logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__,
-                 jax.process_count(), jax.device_count(), jax.devices()[0].platform)
-    run_trainer(config, FLAGS.workdir)
-  except user_errors() as e:
-    _report(e)
-    sys.exit(EXIT_ERROR)
+  from mixmim_jax import loop  # pylint: disable=import-outside-toplevel
+  # From here on SIGTERM and Ctrl-C stop the run cleanly, at any moment.
+  with loop.StopSignals() as signals:
+    try:
+      initialize_distributed()
+      import jax  # pylint: disable=import-outside-toplevel
+      config = FLAGS.config
+      logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__,
+                   jax.process_count(), jax.device_count(), jax.devices()[0].platform)
+      result = run_trainer(config, FLAGS.workdir, signals=signals)
+    except user_errors() as e:
+      _report(e)
+      sys.exit(exit_codes.ERROR)
+  if result.get("stopped_early"):
+    sys.exit(exit_codes.STOPPED)
+
+
+def _define(name: str, define) -> None:
+  """Defines a flag once per process (tests run several programs in one)."""
+  if name not in FLAGS:
+    define()
 
 
 def define_trainer_flags() -> None:
-  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and pictures go here "
-                      "(a gs:// path on Cloud TPU). A run resumes from it automatically.")
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a "
-                      "multi-process run outside Cloud TPU (env MIXMIM_COORDINATOR_ADDRESS).")
-  flags.DEFINE_integer("num_processes", None, "processes in the run (env MIXMIM_NUM_PROCESSES).")
-  flags.DEFINE_integer("process_id", None, "this process's index (env MIXMIM_PROCESS_ID).")
+  _define("config", lambda: config_flags.DEFINE_config_file(
+      "config", None, "Path to a configs/*.py file.", lock_config=True))
+  _define("workdir", lambda: flags.DEFINE_string(
+      "workdir", None, "Checkpoints, TensorBoard logs and pictures go here (a gs:// path on "
+      "Cloud TPU). A run resumes from it automatically."))
+  _define("coordinator_address", lambda: flags.DEFINE_string(
+      "coordinator_address", None, "host:port of process 0 for a multi-process run outside "
+      "Cloud TPU (env MIXMIM_COORDINATOR_ADDRESS)."))
+  _define("num_processes", lambda: flags.DEFINE_integer(
+      "num_processes", None, "processes in the run (env MIXMIM_NUM_PROCESSES)."))
+  _define("process_id", lambda: flags.DEFINE_integer(
+      "process_id", None, "this process's index (env MIXMIM_PROCESS_ID)."))
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main() -> None:
-  """`python -m mixmim_jax.main` (and `.finetune`): the trainer the config names."""
-  define_trainer_flags()
+def _preflight(argv) -> None:
+  """The config and its overrides, checked before absl parses them."""
   try:
-    check_trainer_args(sys.argv[1:])
+    check_trainer_args(argv[1:])
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_ERROR)
-  app.run(_trainer_main)
+    sys.exit(exit_codes.ERROR)
+
+
+def main(argv: list[str] | None = None) -> None:
+  """`python -m mixmim_jax.main` (and `.finetune`): the trainer the config names.
+  `argv` (program name first) defaults to sys.argv."""
+  argv = sys.argv if argv is None else argv
+  define_trainer_flags()
+  _preflight(argv)
+  sys.argv = list(argv)      # config_flags reads its --config.KEY overrides from sys.argv
+  app.run(_trainer_main, argv=argv)
 
 
 def run_tool(tool_main, checkpoint_flag: str) -> None:
   """An absl program with --config and --checkpoint (evaluate): errors a user
   can fix are one sentence and exit code 1."""
-  config_flags.DEFINE_config_file("config", None, "A configs/*_finetune.py or *_linprobe.py.")
-  flags.DEFINE_string("checkpoint", None, checkpoint_flag)
+  _define("config", lambda: config_flags.DEFINE_config_file(
+      "config", None, "A configs/*_finetune.py or *_linprobe.py."))
+  _define("checkpoint", lambda: flags.DEFINE_string("checkpoint", None, checkpoint_flag))
   flags.mark_flags_as_required(["config", "checkpoint"])
-  try:
-    check_trainer_args(sys.argv[1:])
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_ERROR)
+  _preflight(sys.argv)
 
   def wrapped(argv):
     setup_logging()
@@ -232,6 +251,6 @@ def run_tool(tool_main, checkpoint_flag: str) -> None:
       tool_main(argv)
     except user_errors() as e:
       _report(e)
-      sys.exit(EXIT_ERROR)
+      sys.exit(exit_codes.ERROR)
 
   app.run(wrapped)

@@ -152,35 +152,44 @@ def main(argv=None) -> int:
                       help="allow pickled Python objects in the .pth (only for files you trust)")
   args = parser.parse_args(argv)
 
-  if args.src.endswith(TORCH_SUFFIXES):
-    checkpoint = load_torch_checkpoint(args.src, args.trust_checkpoint)
-    heads, heads_note = decoder_heads(checkpoint, args.decoder_heads)
-    try:
-      cfg, kind, params, fmt = import_state_dict(checkpoint, decoder_heads=heads)
-    except (torch_format.CheckpointMismatch, ValueError) as e:
-      raise SystemExit(f"{args.src}: {e}") from e
-    save_params(args.dst, cfg, kind, params)
-    count = sum(np.size(x) for x in jax.tree.leaves(params))
-    decoder = (f"; decoder dim {cfg.decoder_dim}, depth {cfg.decoder_depth}, "
-               f"{cfg.decoder_heads} heads ({heads_note}), "
-               f"table {cfg.decoder_pos_embed}" if kind == torch_format.PRETRAIN else "")
-    print(f"{args.src}: {fmt} {kind} checkpoint, embed_dim={cfg.embed_dim} "
-          f"depths={cfg.depths} heads={cfg.num_heads} windows={cfg.effective_windows} "
-          f"img_size={cfg.img_size} classes={cfg.num_classes} pos_embed={cfg.pos_embed}"
-          f"{decoder}; {count:,} parameters -> {args.dst}")
-    return 0
-
-  if not args.dst.endswith(TORCH_SUFFIXES):
-    raise SystemExit(f"exporting needs a .pth or .pt destination, got {args.dst!r}.")
   try:
-    loaded = load_params(args.src)
-    out = export_state_dict(loaded.config, loaded.kind, loaded.params, args.format)
-  except (FileNotFoundError, ValueError) as e:   # CheckpointMismatch is a ValueError
+    if args.src.endswith(TORCH_SUFFIXES):
+      _import(args)
+    else:
+      _export(args)
+  except (ValueError, OSError) as e:   # CheckpointMismatch is a ValueError
     raise SystemExit(f"{args.src}: {e}") from e
-  _torch().save(out, args.dst)
+  return 0
+
+
+def _import(args) -> None:
+  checkpoint = load_torch_checkpoint(args.src, args.trust_checkpoint)
+  heads, heads_note = decoder_heads(checkpoint, args.decoder_heads)
+  cfg, kind, params, fmt = import_state_dict(checkpoint, decoder_heads=heads)
+  save_params(args.dst, cfg, kind, params)
+  count = sum(np.size(x) for x in jax.tree.leaves(params))
+  decoder = (f"; decoder dim {cfg.decoder_dim}, depth {cfg.decoder_depth}, "
+             f"{cfg.decoder_heads} heads ({heads_note}), "
+             f"table {cfg.decoder_pos_embed}" if kind == torch_format.PRETRAIN else "")
+  print(f"{args.src}: {fmt} {kind} checkpoint, embed_dim={cfg.embed_dim} "
+        f"depths={cfg.depths} heads={cfg.num_heads} windows={cfg.effective_windows} "
+        f"img_size={cfg.img_size} classes={cfg.num_classes} pos_embed={cfg.pos_embed}"
+        f"{decoder}; {count:,} parameters -> {args.dst}")
+
+
+def _export(args) -> None:
+  if not args.dst.endswith(TORCH_SUFFIXES):
+    raise ValueError(f"exporting needs a .pth or .pt destination, got {args.dst!r}.")
+  loaded = load_params(args.src)
+  out = export_state_dict(loaded.config, loaded.kind, loaded.params, args.format)
+  target = epath.Path(args.dst)
+  if not target.parent.exists():
+    raise FileNotFoundError(f"cannot write {args.dst!r}: its directory does not exist.")
+  buffer = io.BytesIO()
+  _torch().save(out, buffer)
+  target.write_bytes(buffer.getvalue())
   print(f"{args.src}: {loaded.kind} -> {args.format} state dict with "
         f"{len(next(iter(out.values())))} entries -> {args.dst}")
-  return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 MODEL_CONFIG = "model_config.json"
 
 
-def finetune(config, workdir: str, stop_after: int | None = None) -> dict:
+def finetune(config, workdir: str, stop_after: int | None = None,
+             signals: loop.StopSignals | None = None) -> dict:
   """Trains to the end (or a stop request); returns the last logged scalars, the
   loss history, the evaluations ({step: result}) and the final state."""
   # ------------------------------------------------------------------ setup
@@ -40,6 +41,8 @@ def finetune(config, workdir: str, stop_after: int | None = None) -> dict:
     raise ValueError(f"the data has {info.num_classes} classes but config.num_classes="
                      f"{config.num_classes}.")
   plan = make_plan(config, info.num_examples, jax.device_count())
+  if is_main:
+    print(config, flush=True)
   kind = model_kind(plan, config)
 
   # ------------------------------------------------------------------ state
@@ -67,7 +70,10 @@ def finetune(config, workdir: str, stop_after: int | None = None) -> dict:
     if is_main:
       run_dir.write_text(MODEL_CONFIG, model_cfg.to_json())
   else:
-    state = loop.resume(ckpt, latest, fns, plan.model)
+    state = loop.resume(ckpt, fns, plan.model)
+    if state is None:
+      raise ValueError(f"no checkpoint in {ckpt.directory} can be read (the damaged ones are "
+                       "moved aside there); use a fresh --workdir to start again.")
   if is_main:
     run_dir.write_config(config)
   logger.info("%s: %d examples, %d classes; %d steps (%d per epoch, %d warmup), lr %.3g",
@@ -81,7 +87,8 @@ def finetune(config, workdir: str, stop_after: int | None = None) -> dict:
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), start_step=start)
   writer = metrics.MetricWriter(run_dir.join("tensorboard"), enabled=is_main)
-  run = loop.TrainLoop(config, run_dir, plan.total_steps, start, ckpt, writer, stop_after)
+  run = loop.TrainLoop(config, run_dir, plan.total_steps, start, ckpt, writer, stop_after,
+                       signals)
   step_key = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   def run_eval(step):

@@ -22,13 +22,16 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
+import sys
+import threading
 import time
 
 import jax
 from etils import epath
 
-from mixmim_jax import files, metrics
+from mixmim_jax import exit_codes, files, metrics
 from mixmim_jax.arch import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -71,30 +74,88 @@ def check_finite(step: int, scalars: dict[str, float], where: str) -> None:
 
 
 class StopSignals:
-  """SIGTERM (Spot/preemptible VMs, `kill`) asks the loop to save and stop."""
+  """SIGTERM (Spot VMs, `kill`) and SIGINT (Ctrl-C) ask the run to stop.
+
+  Until this process has finished a step there is nothing new to save, so the
+  first signal ends it at once, even inside a long compile, where Python runs
+  no handler: a watcher thread learns of the signal through the wakeup file
+  descriptor, which the interpreter writes the moment it arrives. Afterwards
+  the first signal asks the loop to save a checkpoint and stop after the
+  current step; a second one ends the process at once.
+
+  Use as a context manager around the loop (it restores the previous handlers);
+  off the main thread (some tests) it does nothing.
+  """
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    try:
-      signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (tests): no signal handling
-      pass
+    self._progress = False
+    self._installed = False
 
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    logger.warning("SIGTERM received: saving a checkpoint and stopping.")
-    self.requested = True
+  def __enter__(self):
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    self._read, self._write = os.pipe()
+    os.set_blocking(self._write, False)
+    self._old_handlers = {s: signal.signal(s, lambda *_: None) for s in self.SIGNALS}
+    self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+    self._watcher = threading.Thread(target=self._watch, name="stop-signals", daemon=True)
+    self._watcher.start()
+    self._installed = True
+    return self
+
+  def __exit__(self, *exc):
+    if not self._installed:
+      return
+    signal.set_wakeup_fd(self._old_fd)
+    for s, handler in self._old_handlers.items():
+      signal.signal(s, handler)
+    os.close(self._write)            # the watcher's read returns b"": it ends
+    self._watcher.join(timeout=5)
+    os.close(self._read)
+    self._installed = False
+
+  def progress(self) -> None:
+    """A step of this process is done: from now on a stop saves first."""
+    self._progress = True
+
+  def _watch(self) -> None:
+    while True:
+      try:
+        data = os.read(self._read, 16)
+      except OSError:
+        return
+      if not data:
+        return
+      for signum in data:
+        name = signal.Signals(signum).name
+        if self.requested or not self._progress:
+          why = "again" if self.requested else "before the first step ended"
+          logger.warning("%s received %s: stopping at once; rerun the same command to "
+                         "resume from the last checkpoint.", name, why)
+          logging.shutdown()
+          sys.stdout.flush()
+          os._exit(exit_codes.STOPPED)   # pylint: disable=protected-access
+        self.requested = True
+        logger.warning("%s received: saving a checkpoint after this step, then stopping "
+                       "(send it again to stop at once).", name)
 
 
 class TrainLoop:
   """Bookkeeping of one trainer's loop from step `start` to `total_steps`."""
 
   def __init__(self, config, workdir: Workdir, total_steps: int, start: int, checkpointer,
-               writer: metrics.MetricWriter, stop_after: int | None = None):
+               writer: metrics.MetricWriter, stop_after: int | None = None,
+               signals: StopSignals | None = None):
+    """`signals`: the program's (cli.py installs them for the whole run);
+    without, the loop installs its own for its lifetime."""
     self._config, self._workdir = config, workdir
     self.total_steps, self.start = total_steps, start
     self._ckpt, self._writer = checkpointer, writer
     self._stop_after = stop_after
-    self._signals = StopSignals()
+    self._own_signals = signals is None
+    self._signals = StopSignals().__enter__() if signals is None else signals
     self.history: dict[int, float] = {}
     self.last: dict[str, float] = {}
     self.save_due = self.stop_due = self.is_last = False
@@ -115,6 +176,7 @@ class TrainLoop:
     """Accounts for step `step` (0-based); logs when due. Returns the number of
     steps done, and sets save_due / stop_due / is_last for this step."""
     done = step + 1
+    self._signals.progress()
     self._loss_sum = self._loss_sum + step_metrics["loss"]
     self.is_last = done == self.total_steps
     self.stop_due = (self._signals.requested or self._ckpt.reached_preemption(done)
@@ -157,6 +219,8 @@ class TrainLoop:
   def close(self, batches) -> None:
     """Waits for the last checkpoint, closes the event files, and says how many
     unreadable images the run met."""
+    if self._own_signals:
+      self._signals.__exit__()
     self._ckpt.close()
     self._writer.close()
     if batches.skipped:
@@ -170,11 +234,15 @@ class TrainLoop:
                 state=state, stopped_early=self.stopped_early, **extra)
 
 
-def resume(checkpointer, step: int, fns, model: ModelConfig):
-  """The state of the checkpoint at `step`, in the step's shardings, after
-  checking that it is of `model`."""
-  state, meta = checkpointer.restore(step, fns.abstract_state_sharded())
-  check_same_model(meta.get("model_config", {}), model, checkpointer.directory)
+def resume(checkpointer, fns, model: ModelConfig):
+  """The state of the newest readable checkpoint, in the step's shardings, once
+  its metadata shows it is of `model`; None when there is none."""
+  found = checkpointer.restore_newest(
+      fns.abstract_state_sharded(),
+      lambda meta: check_same_model(meta.get("model_config", {}), model, checkpointer.directory))
+  if found is None:
+    return None
+  step, state, _ = found
   logger.info("resumed from step %d in %s", step, checkpointer.directory)
   return state
 

@@ -18,7 +18,8 @@ from mixmim_jax.steps import compile_steps
 logger = logging.getLogger(__name__)
 
 
-def train(config, workdir: str, stop_after: int | None = None) -> dict:
+def train(config, workdir: str, stop_after: int | None = None,
+          signals: loop.StopSignals | None = None) -> dict:
   """Pretrains to the end (or a stop request); returns the last logged scalars,
   the loss history ({step: loss} at every log step) and the final state.
 
@@ -30,6 +31,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   info = data.describe(config.data)
   plan = make_plan(config, info.num_examples, jax.device_count())
+  if is_main:
+    print(config, flush=True)
   logger.info("data: %s (%d examples at %s)", info.source, info.num_examples, info.where)
   logger.info("mesh %s; %d steps (%d per epoch, %d warmup), lr %.3g, per-device batch %d "
               "in groups of %d", dict(mesh.shape), plan.total_steps, plan.steps_per_epoch,
@@ -42,13 +45,11 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
   meta = dict(model_config=loop.model_config_json(plan.model), seed=config.seed,
               batch_size=config.batch_size)
-  latest = ckpt.latest_step()
-  if latest is None:
+  state = loop.resume(ckpt, fns, plan.model)
+  if state is None:
     state = fns.init(init_key)
     logger.info("initialised a new %.2f M-parameter model",
                 sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
-  else:
-    state = loop.resume(ckpt, latest, fns, plan.model)
   if is_main:
     run_dir.write_config(config)
   start = int(jax.device_get(state.step))
@@ -58,7 +59,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
       config.data, local_batch_size=config.batch_size // jax.process_count(), seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(), start_step=start)
   writer = metrics.MetricWriter(run_dir.join("tensorboard"), enabled=is_main)
-  run = loop.TrainLoop(config, run_dir, plan.total_steps, start, ckpt, writer, stop_after)
+  run = loop.TrainLoop(config, run_dir, plan.total_steps, start, ckpt, writer, stop_after,
+                       signals)
 
   # ------------------------------------------------------------------ loop
   for step in range(start, plan.total_steps):

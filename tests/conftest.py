@@ -13,6 +13,9 @@ import jax  # noqa: E402  pylint: disable=wrong-import-position
 jax.config.update("jax_default_matmul_precision", "highest")
 # Identical programs compiled again in one run (the resume test trains three times)
 # come from the persistent cache instead of recompiling.
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(os.environ.get("TMPDIR", "/tmp"), "mixmim_jax_test_xla_cache"))
+CACHE_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "mixmim_jax_test_xla_cache")
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+# For the tests that run programs as subprocesses: the same cache.
+SUBPROCESS_CACHE_ENV = dict(JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
+                            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")

@@ -402,3 +402,13 @@ def test_unreadable_torch_file_is_one_sentence(tmp_path, content):
   assert msg.startswith(f"'{path}' is not a readable PyTorch checkpoint") and "\n" not in msg
   assert "--trust-checkpoint" not in msg
   assert not (tmp_path / "out.msgpack").exists()
+
+
+def test_convert_into_a_missing_directory_is_one_sentence(tmp_path, classifier_sd):
+  path = tmp_path / "ok.pth"
+  torch.save({"state_dict": torch_tensors(classifier_sd)}, path)
+  target = tmp_path / "nowhere" / "out.msgpack"
+  with pytest.raises(SystemExit) as err:
+    convert.main([str(path), str(target)])
+  assert str(err.value) == (f"{path}: cannot write '{target}': its directory "
+                            f"'{target.parent}' does not exist.")

@@ -24,6 +24,7 @@ import pytest
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("gcsfs")
 
+import conftest  # noqa: E402
 from test_finetune import write_idx_split  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +64,7 @@ def test_the_whole_chain_on_gs(emulator, tmp_path):
   cwd.mkdir()
   env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="", STORAGE_EMULATOR_HOST=emulator,
              TENSORSTORE_GCS_HTTP_URL=emulator, GOOGLE_AUTH_TOKEN_FOR_TESTING="test",
-             EPATH_USE_TF="false", GOOGLE_CLOUD_PROJECT="test")
+             EPATH_USE_TF="false", GOOGLE_CLOUD_PROJECT="test", **conftest.SUBPROCESS_CACHE_ENV)
   proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "gcs_chain_worker.py"),
                          str(data), str(photo)], cwd=cwd, env=env, capture_output=True,
                         text=True, timeout=900)

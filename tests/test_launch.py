@@ -366,7 +366,7 @@ def test_slice_condition(qr, node, condition):
 @pytest.mark.parametrize("name,job", [
     ("probe_running.stdout", tw.RUNNING), ("probe_absent.stdout", tw.ABSENT),
     ("probe_crashed.stdout", tw.CRASHED), ("probe_finished.stdout", tw.FINISHED),
-    ("probe_partial.stdout", tw.UNREACHABLE),
+    ("probe_partial.stdout", tw.UNREACHABLE), ("probe_stopped.stdout", tw.STOPPED),
 ])
 def test_parse_probe(name, job):
   rc, out, _ = recorded(name)
@@ -384,6 +384,7 @@ POLL = {   # a short name for each recorded poll: (queued resource, node, probe)
     "partial": ("qr_active.json", "node_ready.json", "probe_partial.stdout"),
     "crashed": ("qr_active.json", "node_ready.json", "probe_crashed.stdout"),
     "finished": ("qr_active.json", "node_ready.json", "probe_finished.stdout"),
+    "stopped": ("qr_active.json", "node_ready.json", "probe_stopped.stdout"),
     "node_preempted": ("qr_active.json", "node_preempted.json", None),
     "suspending": ("qr_suspending.json", "node_preempted.json", None),
     "suspended": ("qr_suspended.json", "node_not_found.stderr", None),
@@ -446,6 +447,16 @@ def test_training_crash_restarts_once_then_stops_and_reports():
   assert actions == [tw.WAIT, tw.START, tw.WAIT, tw.GIVE_UP]
   assert final.reason.startswith("training failed twice on this slice (exit code 1")
   assert "logs" in final.reason
+
+
+def test_a_trainer_stopped_for_preemption_resumes_and_is_no_crash():
+  """Exit code 75 (mixmim_jax/exit_codes.py: a preemption notice, SIGTERM,
+  Ctrl-C; the checkpoint is saved): started again, never counted as a failure."""
+  actions, final = replay(["running", "stopped", "running", "stopped", "running", "finished"])
+  assert actions == [tw.WAIT, tw.START, tw.WAIT, tw.START, tw.WAIT, tw.DONE]
+  actions, final = replay(["stopped", "stopped", "stopped"], max_recreates=2)
+  assert actions == [tw.START, tw.START, tw.GIVE_UP]
+  assert "--max-recreates=2 is reached" in final.reason
 
 
 def test_a_start_that_does_not_take_counts_as_a_failure():

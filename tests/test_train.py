@@ -164,7 +164,8 @@ def test_two_processes_agree_with_one(data_dir, tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   worker = os.path.join(REPO, "tests", "multiprocess_worker.py")
-  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="")
+  import conftest  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="", **conftest.SUBPROCESS_CACHE_ENV)
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = str(s.getsockname()[1])
@@ -243,8 +244,8 @@ def test_gradient_accumulation_averages_micro_batches(data_dir, num_devices):
     mask_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, k))
     masks = masking.draw_coarse_masks(mask_key, plan.num_groups, plan.model.num_mask_cells,
                                       config.mask_ratio, config.range_mask_ratio)
-    loss, grad = jax.value_and_grad(train_step.loss_fn)(state.params, batch, masks, dropout_key,
-                                                          plan, config.norm_pix)
+    loss, grad = jax.jit(jax.value_and_grad(train_step.loss_fn), static_argnums=(4, 5))(
+        state.params, batch, masks, dropout_key, plan, config.norm_pix)
     losses.append(loss)
     grads.append(grad)
   mean_grad = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
