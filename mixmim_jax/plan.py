@@ -10,6 +10,31 @@ from mixmim_jax import recipes, sharding
 from mixmim_jax.arch import ModelConfig, model_config
 
 
+# The recipe's mask group: mmpretrain and the authors draw one mask per GPU batch
+# of 128 images (16 GPUs x 128 for MixMIM-B).
+RECIPE_GROUP_SIZE = 128
+
+
+def default_group_size(micro_batch: int) -> int:
+  """group_size=-1: the recipe's 128 images per mask wherever the per-device
+  micro-batch holds whole groups of 128; otherwise the whole per-device batch
+  (a group never spans two devices, so its pairs and mask need no communication)."""
+  return RECIPE_GROUP_SIZE if micro_batch % RECIPE_GROUP_SIZE == 0 else micro_batch
+
+
+def grouping_line(plan: "Plan") -> str:
+  """One line on the mask groups of a pretraining plan, and how they differ
+  from the reference's."""
+  per = "micro-batch" if plan.micro_batch < plan.per_device_batch else "step"
+  line = (f"mask groups: {plan.group_size} images per mask, {plan.num_groups} masks per {per} "
+          f"({plan.batch_devices} batch shards)")
+  if plan.group_size == RECIPE_GROUP_SIZE:
+    return line + f"; as the reference, one mask per {RECIPE_GROUP_SIZE} images"
+  return line + (f"; the reference draws one mask per {RECIPE_GROUP_SIZE} images: "
+                 f"{RECIPE_GROUP_SIZE / plan.group_size:.3g}x as many masks here (the per-device "
+                 f"batch {plan.micro_batch} is not a multiple of {RECIPE_GROUP_SIZE})")
+
+
 def build_model_config(config) -> ModelConfig:
   """The ModelConfig of a config: its arch, the non-None `model` fields, the
   data's image size and (fine-tuning) the class count."""
@@ -102,7 +127,7 @@ def make_plan(config, num_examples: int, num_devices: int) -> Plan:
   micro = per_device // accum
   group = num_groups = 0
   if config.trainer == "pretrain":
-    group = micro if config.group_size == -1 else config.group_size
+    group = default_group_size(micro) if config.group_size == -1 else config.group_size
     if micro % 2:
       raise ValueError(f"per-device micro-batch {micro} (batch_size {b} / {batch_devices} "
                        f"devices / {accum} accumulation steps) is odd; MixMIM pairs images "

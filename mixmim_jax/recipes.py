@@ -55,8 +55,10 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.mask_ratio = 0.5
   c.range_mask_ratio = 0.0
   c.norm_pix = True
-  # Images that share one mask and pair i <-> S-1-i. -1: the per-device batch
-  # (the reference's per-GPU batch). Must divide the per-device micro-batch.
+  # Images that share one mask and pair i <-> S-1-i. -1: the reference's 128
+  # (one mask per GPU batch) where the per-device micro-batch is a multiple of
+  # 128, else the per-device batch (plan.default_group_size). Must divide the
+  # per-device micro-batch.
   c.group_size = -1
 
   c.batch_size = 2048               # global, per optimizer step

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from mixmim_jax import checkpointing, data, loop, masking, metrics, sharding, visualize
-from mixmim_jax.plan import make_plan
+from mixmim_jax.plan import grouping_line, make_plan
 from mixmim_jax.steps import compile_steps
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,10 @@ def train(config, workdir: str, stop_after: int | None = None,
   if is_main:
     print(config, flush=True)
   logger.info("data: %s (%d examples at %s)", info.source, info.num_examples, info.where)
-  logger.info("mesh %s; %d steps (%d per epoch, %d warmup), lr %.3g, per-device batch %d "
-              "in groups of %d", dict(mesh.shape), plan.total_steps, plan.steps_per_epoch,
-              plan.warmup_steps, plan.lr, plan.per_device_batch, plan.group_size)
+  logger.info("mesh %s; %d steps (%d per epoch, %d warmup), lr %.3g, per-device batch %d",
+              dict(mesh.shape), plan.total_steps, plan.steps_per_epoch, plan.warmup_steps,
+              plan.lr, plan.per_device_batch)
+  logger.info("%s", grouping_line(plan))
   fns = compile_steps(plan, config, mesh)
 
   # ------------------------------------------------------------------ state

@@ -297,3 +297,25 @@ def test_fsdp_scanned_step_equals_single_device(data_dir):
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("slice_, chips, group, masks", [
+    ("v4-32", 16, 128, 16),      # 128 per chip: the reference's GPU batch exactly
+    ("v5e-64", 64, 32, 64),      # 32 per chip: groups stay on their chip
+    ("v4-8", 4, 128, 16),        # 512 per chip: four masks per chip, as 4 GPUs would
+])
+def test_mask_groups_follow_the_recipe_where_the_slice_allows(data_dir, slice_, chips, group,
+                                                            masks):
+  """base_pretrain's batch of 2048 on three slices: 128 images per mask wherever
+  a chip holds a multiple of 128, else the chip's whole batch; the start-up line
+  says which and how it differs from the reference."""
+  config = tf_.tiny_config(data_dir, batch_size=2048, group_size=-1)
+  config.mesh.update(dict(data=-1, fsdp=1, model=1))
+  plan = plan_lib.make_plan(config, num_examples=2048 * 10, num_devices=chips)
+  assert (plan.group_size, plan.num_groups) == (group, masks), slice_
+  line = plan_lib.grouping_line(plan)
+  assert line.startswith(f"mask groups: {group} images per mask, {masks} masks per step")
+  if group == 128:
+    assert "as the reference" in line
+  else:
+    assert "4x as many masks here" in line and "32 is not a multiple of 128" in line
