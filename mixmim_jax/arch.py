@@ -52,7 +52,8 @@ class ModelConfig:
   decoder_pos_embed: str = "row_col"   # the authors' checkpoints: "col_row"
   # How fresh parameters are drawn (init_schemes.py); no effect on computation.
   init: str = "mmpretrain"
-  # Compute dtype of activations; parameters always stay float32.
+  # Input dtype of the matrix products (layers.py); they accumulate in float32,
+  # and the residual stream, norms, softmax, parameters and gradients stay float32.
   dtype: str = "float32"
   # Recompute each block's activations in the backward pass (saves memory).
   remat: bool = False

@@ -42,7 +42,7 @@ class MixMIMDecoder(nn.Module):
                         ln_eps=cfg.decoder_ln_eps, dtype=cfg.dtype, linear_init=linear)
     x = run_blocks(self, TransformerBlock, block_kwargs, x, None, (0.0,) * cfg.decoder_depth,
                    deterministic=not train, remat=cfg.remat, scan=cfg.scan_blocks)
-    x = layer_norm(cfg.decoder_ln_eps, cfg.dtype, "norm")(x)
+    x = layer_norm(cfg.decoder_ln_eps, "norm")(x)
     x = dense(cfg.target_dim, cfg.decoder_dim, linear, cfg.dtype, "pred")(x)
     x = x.astype(jnp.float32)
     b = latent.shape[0]

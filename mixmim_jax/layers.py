@@ -3,6 +3,12 @@
 Every op works on arbitrary leading dimensions, so the encoder can run attention
 on (groups, images, windows, tokens, C) and the decoder on (groups, images, 2,
 tokens, C) with plain einsums: no per-window Python loops, no gathers.
+
+Precision, as the authors' fp16 autocast: the compute dtype (`dtype`, e.g.
+bfloat16) is only the dtype of the matrix products' inputs. The products
+accumulate and return float32; the residual stream, LayerNorm, softmax, GELU
+and every parameter gradient stay float32 (so gradients are reduced across
+chips in float32, as DDP reduces them under autocast).
 """
 from __future__ import annotations
 
@@ -21,16 +27,74 @@ from mixmim_jax.init_schemes import XAVIER, LinearInit
 Dtype = Any
 
 
+def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype) -> jax.Array:
+  """jnp.einsum(spec, a, b) with both inputs rounded to `dtype`, accumulated and
+  returned in float32.
+
+  Below float32 the cotangents are formed the same way: products of the
+  rounded operands and the rounded output cotangent, accumulated and returned
+  in float32. (Autodiff would round each input's cotangent to the dtype it was
+  cast to, so a kernel's gradient, and any cross-chip reduction of it, would
+  be bfloat16.) `spec` must be "X,Y->Z" where every index of X and Y appears in
+  two of X, Y, Z, as in a linear layer or attention's two products.
+  """
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(spec, a, b)
+  return _low_precision_einsum(spec, jnp.dtype(dtype), a, b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _low_precision_einsum(spec, dtype, a, b):
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _low_precision_einsum_fwd(spec, dtype, a, b):
+  low_a, low_b = a.astype(dtype), b.astype(dtype)
+  out = jnp.einsum(spec, low_a, low_b, preferred_element_type=jnp.float32)
+  return out, (low_a, low_b)
+
+
+def _low_precision_einsum_bwd(spec, dtype, residuals, g):
+  low_a, low_b = residuals
+  inputs, z = spec.split("->")
+  x, y = inputs.split(",")
+  g = g.astype(dtype)
+  da = jnp.einsum(f"{z},{y}->{x}", g, low_b, preferred_element_type=jnp.float32)
+  db = jnp.einsum(f"{x},{z}->{y}", low_a, g, preferred_element_type=jnp.float32)
+  return da, db
+
+
+_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
+
+
+class Linear(nn.Module):
+  """nn.Dense's parameters (float32 `kernel` (in, out), `bias`); the product
+  takes its inputs in `dtype` and returns float32 (see `einsum`)."""
+  features: int
+  kernel_init: Any
+  bias_init: Any
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    y = einsum("...i,io->...o", x, kernel, self.dtype)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    return y
+
+
 def dense(features: int, fan_in: int, init: LinearInit, dtype: Dtype, name: str,
-          use_bias: bool = True) -> nn.Dense:
+          use_bias: bool = True) -> Linear:
   """A Linear layer drawn from `init` (its bias init needs the input width)."""
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=init.kernel(),
-                  bias_init=init.bias(fan_in), name=name)
+  return Linear(features, init.kernel(), init.bias(fan_in), use_bias, dtype, name=name)
 
 
-def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
-  # Two-pass variance, as torch computes it: parity at 1e-4 needs it in deep stacks.
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, use_fast_variance=False, name=name)
+def layer_norm(eps: float, name: str) -> nn.LayerNorm:
+  # In float32 under any compute dtype (autocast does the same). Two-pass
+  # variance, as torch computes it: parity at 1e-4 needs it in deep stacks.
+  return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, use_fast_variance=False, name=name)
 
 
 class DropPath(nn.Module):
@@ -129,7 +193,7 @@ class Attention(nn.Module):
     qkv = qkv.reshape(*qkv.shape[:-1], 3, self.num_heads, head_dim)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k)
+    logits = einsum("...qhd,...khd->...hqk", q, k, self.dtype)
     if self.window is not None:
       table_init = (nn.initializers.normal(self.table_std) if self.table_std
                     else nn.initializers.zeros)
@@ -149,10 +213,9 @@ class Attention(nn.Module):
       logits = add_shared_bias(logits, rel.astype(logits.dtype), grouped)
     if bias is not None:
       logits = logits + bias.astype(logits.dtype)
-    # Softmax in float32 even under bfloat16 compute: the -1e30 mask and long rows.
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    weights = jax.nn.softmax(logits, axis=-1)
     weights = nn.Dropout(self.attn_drop)(weights, deterministic)
-    out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+    out = einsum("...hqk,...khd->...qhd", weights, v, self.dtype)
     out = out.reshape(*out.shape[:-2], dim)
     out = dense(dim, dim, self.linear_init, self.dtype, "proj")(out)
     return nn.Dropout(self.proj_drop)(out, deterministic)
@@ -181,7 +244,7 @@ class TransformerBlock(nn.Module):
   @nn.compact
   def __call__(self, x, mask_bias=None, deterministic: bool = True):
     dim = x.shape[-1]
-    h = layer_norm(self.ln_eps, self.dtype, "ln1")(x)
+    h = layer_norm(self.ln_eps, "ln1")(x)
     attn = Attention(self.num_heads, self.window, self.attn_drop, self.drop,
                      self.dtype, self.linear_init, self.table_std, name="attn")
     if self.window is None:
@@ -200,7 +263,7 @@ class TransformerBlock(nn.Module):
       h = einops.rearrange(windows, "b (nh nw) (wh ww) c -> b (nh wh nw ww) c",
                            nh=n, nw=n, wh=self.window, ww=self.window)
     x = x + DropPath(self.drop_path)(h, deterministic)
-    h = layer_norm(self.ln_eps, self.dtype, "ln2")(x)
+    h = layer_norm(self.ln_eps, "ln2")(x)
     h = Mlp(int(dim * self.mlp_ratio), self.drop, self.dtype, self.linear_init,
             name="ffn")(h, deterministic)
     return x + DropPath(self.drop_path)(h, deterministic)

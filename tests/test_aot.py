@@ -126,6 +126,9 @@ def test_collective_parser_on_tpu_style_text():
   # The fused all-reduce counts as a reduce-scatter to the fusion's (half-size) output.
   assert (s["reduce-scatter"].count, s["reduce-scatter"].operand_bytes,
           s["reduce-scatter"].result_bytes) == (1, 32 * 768 * 4 + 64 * 2, 16 * 768 * 4 + 32 * 2)
+  # The operand bytes split by dtype: what precision a gradient is reduced in.
+  assert s["reduce-scatter"].operand_dtypes == {"f32": 32 * 768 * 4, "bf16": 64 * 2}
+  assert s["all-reduce"].operand_dtypes == {"f32": 8 * 4 * 128 * 4}
   assert (s["all-gather"].count, s["all-gather"].operand_bytes, s["all-gather"].result_bytes) \
       == (2, 64 * 128 * 2 + 10 * 4, 64 * 256 * 2 + 40 * 4)
   assert s["collective-permute"].count == 1

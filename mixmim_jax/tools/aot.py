@@ -184,8 +184,10 @@ def report_lines(r: dict) -> list[str]:
   lines.append("collectives per chip per step (executions, operand -> result bytes):")
   for kind, s in r["collectives"].items():
     if s["count"]:
+      dtypes = ", ".join(f"{d} {n / 2**20:.1f} MiB"
+                         for d, n in sorted(s["operand_dtypes"].items()))
       lines.append(f"  {kind:18s} x{s['count']:<4d} {s['operand_bytes'] / 2**20:10.1f} MiB -> "
-                   f"{s['result_bytes'] / 2**20:10.1f} MiB")
+                   f"{s['result_bytes'] / 2**20:10.1f} MiB  (in: {dtypes})")
   c = r["checks"]
   lines.append(f"all-reduce operand bytes / float32 parameter bytes "
                f"({c['param_bytes'] / 2**20:.1f} MiB): {c['all_reduce_over_param_bytes']:.3f}")

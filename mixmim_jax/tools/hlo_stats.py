@@ -69,16 +69,25 @@ def _operands(rest: str) -> list[str]:
   return [o.strip() for o in out if o.strip()]
 
 
-def _operand_bytes(operand: str, shapes: dict, computation: str) -> int:
+def dtype_bytes(text: str) -> dict[str, int]:
+  """Bytes of the array shapes written in `text`, per element type."""
+  out: dict[str, int] = {}
+  for dtype, dims in _SHAPE.findall(text):
+    if dtype in DTYPE_BYTES:
+      out[dtype] = out.get(dtype, 0) + shape_bytes(f"{dtype}[{dims}]")
+  return out
+
+
+def _operand_shape(operand: str, shapes: dict, computation: str) -> str:
   """An operand is printed as 'f32[2,3]{1,0} %x' or just '%x' (then its shape is
   the result shape of the instruction, or computation parameter, named x)."""
   if _SHAPE.search(operand):
-    return shape_bytes(operand)
+    return operand
   name = operand.split("*/")[-1].strip().lstrip("%")
   if (computation, name) not in shapes:
     raise ValueError(f"HLO operand {operand!r} of computation {computation!r} has no "
                      "known shape; the HLO text format may have changed.")
-  return shape_bytes(shapes[(computation, name)])
+  return shapes[(computation, name)]
 
 
 @dataclasses.dataclass
@@ -86,6 +95,9 @@ class CollectiveStats:
   count: int = 0
   operand_bytes: int = 0   # what each device sends in (all-reduce: the buffer reduced)
   result_bytes: int = 0    # what each device holds after (all-gather: the gathered tensor)
+  # operand_bytes split by element type ({"f32": ..., "bf16": ...}): the dtype a
+  # gradient is reduced in, or a parameter gathered in.
+  operand_dtypes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _trip_count(while_line: str, computations: dict[str, list[str]]) -> int:
@@ -153,10 +165,13 @@ def collective_stats(hlo_text: str) -> dict[str, CollectiveStats]:
     times = runs.get(comp, 1) or 1
     if kind == "all-reduce" and comp.startswith("all-reduce-scatter"):
       kind, result_shape, opcode = "reduce-scatter", header.group(3), kind
-    operand_bytes = sum(_operand_bytes(o, shapes, comp) for o in _operands(rest))
+    operand_shapes = " ".join(_operand_shape(o, shapes, comp) for o in _operands(rest))
+    operand_bytes = shape_bytes(operand_shapes)
     s = stats[kind]
     s.count += times
     s.operand_bytes += times * operand_bytes
+    for dtype, n in dtype_bytes(operand_shapes).items():
+      s.operand_dtypes[dtype] = s.operand_dtypes.get(dtype, 0) + times * n
     if opcode.endswith("-start") and kind != "all-reduce":
       # all-gather-start etc. return (operands, results[, scratch]): the result
       # bytes are the tuple less the operands. all-reduce-start returns the result.
