@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixmim_jax import arch, cli
-from mixmim_jax.tools import benchmark, chips, kernel_bench
+from mixmim_jax import arch, cli, layers
+from mixmim_jax.tools import benchmark, chips, input_bench, kernel_bench
 from mixmim_jax.decoder import MixMIMPretrainModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(REPO, "configs", "base_pretrain.py")
+FINETUNE = os.path.join(REPO, "configs", "base_finetune.py")
 
 
 def test_step_benchmark_json(tmp_path):
@@ -85,9 +86,57 @@ def test_input_benchmark_on_synthetic_jpegs(tmp_path):
   assert r["images_per_s_per_core"] == pytest.approx(r["images_per_s"] / r["host_threads"])
 
 
+# mmpretrain's MixMIM recipes, as their train_pipeline lists the transforms.
+RECIPE_TRANSFORMS = {
+    "pretrain": ["LoadImageFromFile", "RandomResizedCrop", "RandomFlip", "PackInputs"],
+    "finetune": ["LoadImageFromFile", "RandomResizedCrop", "RandomFlip", "RandAugment",
+                 "RandomErasing", "PackInputs"],
+}
+
+
+@pytest.mark.parametrize("pipeline", ["pretrain", "finetune"])
+def test_input_benchmark_against_mmpretrain(tmp_path, pipeline):
+  """Two rounds of ours and of mmpretrain's own train_pipeline (built from its
+  recipe file through its registry, in a DataLoader) on the same 16 JPEGs; the
+  pretraining run also profiles our stages."""
+  config = BASE if pipeline == "pretrain" else FINETUNE
+  profile = ["--profile-input"] if pipeline == "pretrain" else []
+  out = tmp_path / "input.json"
+  benchmark.main([f"--config={config}", "--input-only", "--reference", f"--pipeline={pipeline}",
+                  "--synthetic-jpegs=16", "--batch=4", "--steps=1", "--warmup=1", "--rounds=2",
+                  "--image-size=32", "--config.data.num_parallel_calls=2", f"--json={out}"]
+                 + profile)
+  r = json.loads(out.read_text())
+  assert r["kind"] == "input_pipeline" and r["pipeline"] == pipeline and r["num_examples"] == 16
+  assert len(r["load_start"]) == len(r["load_end"]) == 3
+  ref = r["reference"]
+  assert ref["transforms"] == RECIPE_TRANSFORMS[pipeline]
+  assert all(m.split(".")[0] in ("mmpretrain", "mmcv") for m in ref["transform_modules"])
+  assert ref["recipe"].startswith("mixmim/") and ref["workers"] == r["host_threads"]
+  for side in (r, ref):
+    assert side["images_per_s"] > 0 and side["batch_time"]["n"] == 2
+    assert side["images_per_s_per_core"] == pytest.approx(side["images_per_s"] /
+                                                          r["host_threads"])
+  assert r["ours_over_reference"] == pytest.approx(r["images_per_s"] / ref["images_per_s"])
+  assert len(r["round_ratios"]) == 2          # a second round starts afresh
+  lines = benchmark.report_lines(r)
+  assert any(line.startswith("  ours / reference images/s:") for line in lines)
+  if profile:
+    stages = {s["key"]: s for s in r["profile_input"]["stages"]}
+    assert set(stages) == {"read", "decode", "crop", "partial", "view", "pipeline"}
+    assert all(s["images_per_s_per_core"] > 0 for s in stages.values())
+    assert lines[-1].startswith("  share of the whole pipeline's CPU time: read + decode")
+
+
+def test_input_benchmark_refuses_a_pipeline_the_config_lacks():
+  with pytest.raises(ValueError, match="--pipeline=finetune times the finetune input"):
+    benchmark.main([f"--config={BASE}", "--input-only", "--pipeline=finetune",
+                    "--synthetic-jpegs=4"])
+
+
 def test_synthetic_jpegs_are_imagenet_sized(tmp_path):
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  root = benchmark.write_synthetic_jpegs(str(tmp_path), 3)
+  root = input_bench.write_synthetic_jpegs(str(tmp_path), 3)
   files = sorted(p for p, _, names in os.walk(os.path.join(root, "train")) for _ in names)
   assert len(files) == 3
   name = os.listdir(files[0])[0]
@@ -120,7 +169,7 @@ def test_one_chip_table_for_launcher_benchmark_and_aot():
 
 
 def _dense_products_of_the_model(cfg, batch):
-  """(m, k, n) of every Dense the pretraining model applies, read from a traced
+  """(m, k, n) of every Linear the pretraining model applies, read from a traced
   forward pass: k and n from the kernel, m from the output's leading axes."""
 
   model = MixMIMPretrainModel(cfg.replace(scan_blocks=False))
@@ -130,7 +179,7 @@ def _dense_products_of_the_model(cfg, batch):
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    if isinstance(context.module, nn.Dense):
+    if isinstance(context.module, layers.Linear):
       kernel = context.module.variables["params"]["kernel"]
       found[(int(np.prod(out.shape[:-1])), kernel.shape[0], kernel.shape[1])] += 1
     return out
@@ -146,7 +195,7 @@ def _dense_products_of_the_model(cfg, batch):
 
 
 def test_kernel_benchmark_lists_the_models_products():
-  """The products `--kernels` times are exactly the model's: every Dense with its
+  """The products `--kernels` times are exactly the model's: every Linear with its
   shape and multiplicity, and attention windows as the encoder cuts them."""
   cfg = arch.model_config("base", img_size=64, **benchmark.ARCH_PRESETS["tiny"])
   listed = collections.Counter()

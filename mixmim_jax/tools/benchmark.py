@@ -5,7 +5,7 @@
   python -m mixmim_jax.benchmark --kernels --reference --config=configs/base_pretrain.py \
       --image-size=224 --batch=8
   python -m mixmim_jax.benchmark --input-only --config=configs/base_pretrain.py \
-      --synthetic-jpegs=512 --batch=64
+      --synthetic-jpegs=512 --batch=64 [--reference] [--profile-input]
 
 Times the real sharded, donating train step (`compile_train_step`, compiled
 ahead of time so compile time is measured apart) on the current backend and
@@ -16,6 +16,9 @@ matmul measured in the same run (what this backend can do at best).
 --reference also times mmpretrain 1.2.0's MixMIM (same model config, image size,
 batch, float32, AdamW step included) in the same process, in rounds that
 alternate with JAX's, with torch given as many threads as XLA's CPU client uses.
+
+--input-only times the host input pipeline instead (with --reference against
+mmpretrain's DataLoader on the same JPEGs; input_bench.py).
 
 --kernels times the step's matrix products one by one instead (kernel_bench.py),
 in JAX and with --reference in torch: what the products alone cost per step.
@@ -35,12 +38,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from etils import epath  # noqa: E402
 
 from mixmim_jax import cli, sharding  # noqa: E402
 from mixmim_jax.plan import make_plan  # noqa: E402
 from mixmim_jax.steps import compile_steps  # noqa: E402
-from mixmim_jax.tools import chips, flops, hlo_stats, report  # noqa: E402
+from mixmim_jax.tools import chips, flops, hlo_stats, input_bench, report  # noqa: E402
 
 # Whole models by name: --arch sets encoder and decoder as mmpretrain builds them.
 # "tiny" is the smallest MixMIM mmpretrain runs (ENVIRONMENT.md), for 64 px.
@@ -68,9 +70,11 @@ def parse_args(argv):
   p.add_argument("--num-devices", type=int, default=None,
                  help="run on the first N devices only (default: all)")
   p.add_argument("--reference", action="store_true",
-                 help="also time mmpretrain's MixMIM in alternating rounds")
+                 help="also time mmpretrain's MixMIM (with --input-only: its input "
+                      "pipeline) in alternating rounds")
   p.add_argument("--rounds", type=int, default=2,
-                 help="with --reference: alternating JAX / torch rounds, steps split evenly")
+                 help="with --reference: alternating JAX / torch rounds, --steps split evenly "
+                      "between them (--input-only: --steps batches in each round)")
   p.add_argument("--matmul-size", type=int, default=2048,
                  help="n of the n x n x n float32 matmul timed for comparison; 0: skip")
   p.add_argument("--input-only", action="store_true",
@@ -78,6 +82,12 @@ def parse_args(argv):
   p.add_argument("--synthetic-jpegs", type=int, default=0,
                  help="with --input-only: write this many ImageNet-sized JPEGs to a temp "
                       "folder and read them (data.source=folder)")
+  p.add_argument("--pipeline", choices=input_bench.PIPELINES, default=None,
+                 help="with --input-only: the pretraining or fine-tuning input (default: "
+                      "the config's trainer's)")
+  p.add_argument("--profile-input", action="store_true",
+                 help="with --input-only: also time our pipeline's stages one by one on one "
+                      "core (decode, crop + resize, tf.data)")
   p.add_argument("--kernels", action="store_true",
                  help="time the step's matrix products one by one instead (with "
                       "--reference: in torch too); see kernel_bench.py")
@@ -109,15 +119,10 @@ def build_config(args, overrides):
 
 def host_threads() -> int:
   """Threads XLA's CPU client runs on: every CPU this process may use."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
+  return input_bench.cores()
 
 
-def _summary(times: list[float]) -> dict:
-  return dict(median_s=statistics.median(times), min_s=min(times), max_s=max(times),
-              n=len(times))
+_summary = input_bench.summary
 
 
 # ------------------------------------------------------------------ matmul
@@ -341,58 +346,6 @@ def benchmark_step(config, steps: int, warmup: int, reference: bool = False, rou
   return result
 
 
-# ------------------------------------------------------------------ input pipeline
-def write_synthetic_jpegs(root: str, count: int, seed: int = 0) -> str:
-  """`count` JPEGs of 500x375 (ImageNet's typical size, quality 90) in the layout
-  root/train/<label>/*.jpg, cut from scikit-image's sample photos when it is
-  installed (decode cost follows image content), else from smooth random fields."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng(seed)
-  photos = []
-  try:
-    from skimage import data as skdata  # pylint: disable=import-outside-toplevel
-    for name in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry"):
-      photos.append(np.asarray(getattr(skdata, name)()))
-  except Exception:  # pylint: disable=broad-except
-    pass
-  for i in range(count):
-    if photos:
-      src = Image.fromarray(photos[i % len(photos)]).resize((500, 375), Image.BICUBIC)
-      img = np.asarray(src).astype(np.int16)
-      img = np.clip(img + rng.integers(-8, 9, img.shape), 0, 255).astype(np.uint8)
-      if i % 2:
-        img = img[:, ::-1]
-    else:
-      low = rng.uniform(0, 255, (12, 16, 3)).astype(np.uint8)
-      img = np.asarray(Image.fromarray(low).resize((500, 375), Image.BICUBIC))
-    label_dir = epath.Path(root) / "train" / f"class{i % 10}"
-    label_dir.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(img)).save(str(label_dir / f"{i:06d}.jpg"), quality=90)
-  return root
-
-
-def benchmark_input(config, steps: int, warmup: int) -> dict:
-  """Pretraining images/s of the host pipeline (decode + augment), per CPU core."""
-  from mixmim_jax import data  # pylint: disable=import-outside-toplevel
-  threads = host_threads()
-  info = data.describe(config.data)
-  it = data.pretrain_batches(config.data, local_batch_size=config.batch_size, seed=0)
-  for _ in range(warmup):
-    next(it)
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    next(it)
-    times.append(time.perf_counter() - t0)
-  total = sum(times)
-  per_s = config.batch_size * steps / total
-  return dict(kind="input_pipeline", source=info.source, where=info.where,
-              num_examples=info.num_examples, image_size=config.data.image_size,
-              batch=config.batch_size, host_threads=threads,
-              num_parallel_calls=config.data.num_parallel_calls, batch_time=_summary(times),
-              images_per_s=per_s, images_per_s_per_core=per_s / threads)
-
-
 # ------------------------------------------------------------------ printing
 def _fmt_flops(x):
   return "n/a" if x is None else f"{x / 1e9:,.1f} GFLOP/s"
@@ -403,13 +356,7 @@ def report_lines(r: dict) -> list[str]:
     from mixmim_jax.tools import kernel_bench  # pylint: disable=import-outside-toplevel
     return kernel_bench.report_lines(r)
   if r["kind"] == "input_pipeline":
-    b = r["batch_time"]
-    return [f"input pipeline: {r['source']} ({r['num_examples']} images at {r['where']}), "
-            f"{r['image_size']} px, batch {r['batch']}, {r['host_threads']} CPU threads",
-            f"  batch time median {b['median_s'] * 1e3:.1f} ms (min {b['min_s'] * 1e3:.1f}, "
-            f"max {b['max_s'] * 1e3:.1f}, n={b['n']})",
-            f"  {r['images_per_s']:.1f} images/s = {r['images_per_s_per_core']:.1f} "
-            "images/s per core"]
+    return input_bench.report_lines(r)
   s = r["step"]
   lines = [f"{r['backend']} ({r['device_kind']}) x{r['num_devices']}, {r['host_threads']} host "
            f"threads, jax {r['jax_version']}",
@@ -478,9 +425,10 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
       if args.synthetic_jpegs:
         config.data.source = "folder"
-        config.data.folder = write_synthetic_jpegs(tmp, args.synthetic_jpegs)
+        config.data.folder = input_bench.write_synthetic_jpegs(tmp, args.synthetic_jpegs)
         config.data.split = "train"
-      result = benchmark_input(config, args.steps, args.warmup)
+      result = input_bench.benchmark_input(config, args.steps, args.warmup, args.pipeline,
+                                           args.reference, args.rounds, args.profile_input)
   else:
     result = benchmark_step(config, args.steps, args.warmup, args.reference, args.rounds,
                             args.matmul_size, args.num_devices, args.profile)
