@@ -149,17 +149,20 @@ def test_jpeg_view_equals_whole_decode_then_crop():
     ((40, 60, 300, 400), (224, 224)),      # shrink, other aspect ratio
     ((100, 100, 90, 120), (224, 224)),     # enlarge
     ((0, 0, 512, 512), (96, 160)),         # shrink one side more than the other
+    ((0, 0, 100, 400), (224, 224)),        # enlarge one side, shrink the other
 ])
-def test_resize_is_pillows_bicubic_within_one_level(crop, size):
-  """mmpretrain's crops are resized by Pillow (backend='pillow', bicubic)."""
+def test_resize_is_pillows_bicubic(crop, size):
+  """mmpretrain's crops are resized by Pillow (backend='pillow', bicubic): so
+  are ours, to the bit (TensorFlow's resize in Pillow's two passes was up to
+  5 levels off in the last case)."""
   pil_image = pytest.importorskip("PIL.Image")
   photo = pytest.importorskip("skimage.data").astronaut()
   top, left, h, w = crop
   region = photo[top:top + h, left:left + w]
   ours = augment.resize(region, *size).numpy()
   theirs = np.asarray(pil_image.fromarray(region).resize(size[::-1], pil_image.BICUBIC))
-  diff = np.abs(ours - theirs)
-  assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+  assert ours.dtype == np.float32
+  np.testing.assert_array_equal(ours, theirs)
 
 
 # --- IDX files ----------------------------------------------------------------

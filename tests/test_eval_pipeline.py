@@ -5,7 +5,9 @@ CenterCrop, PackInputs, then its data preprocessor), and the authors' 384-px
 evaluation (PIL decoding, Resize(384) + CenterCrop(384): the same steps with
 mmpretrain's modules, since torchvision's Resize on a PIL image truncates the
 long side and resizes with PIL's bicubic just like ResizeEdge's pillow backend).
-At most 1 grey level apart before normalisation.
+Equal before normalisation, up to float rounding of the preprocessor's
+normalise-and-back (the resize is Pillow's own in both; with TensorFlow's
+resize it was up to 1 grey level, in 0.23 % and 0.10 % of the values).
 """
 from __future__ import annotations
 
@@ -91,7 +93,7 @@ def _compare(ours, theirs, what):
   diff = np.abs(ours - theirs)
   print(f"\n{what}: max |ours - reference| {diff.max():.3f} grey levels, "
         f"{100 * (diff > 0.5).mean():.2f} % of values differ")
-  assert diff.max() <= 1 + 1e-3, what
+  assert diff.max() <= 1e-3, what
 
 
 def test_eval_batch_equals_mmpretrain_test_pipeline(photo_folder):
