@@ -26,8 +26,9 @@ def grouping_line(plan: "Plan") -> str:
   """One line on the mask groups of a pretraining plan, and how they differ
   from the reference's."""
   per = "micro-batch" if plan.micro_batch < plan.per_device_batch else "step"
-  line = (f"mask groups: {plan.group_size} images per mask, {plan.num_groups} masks per {per} "
-          f"({plan.batch_devices} batch shards)")
+  masks = f"{plan.num_groups} mask" + ("s" if plan.num_groups != 1 else "")
+  shards = f"{plan.batch_devices} batch shard" + ("s" if plan.batch_devices != 1 else "")
+  line = f"mask groups: {plan.group_size} images per mask, {masks} per {per} ({shards})"
   if plan.group_size == RECIPE_GROUP_SIZE:
     return line + f"; as the reference, one mask per {RECIPE_GROUP_SIZE} images"
   return line + (f"; the reference draws one mask per {RECIPE_GROUP_SIZE} images: "
