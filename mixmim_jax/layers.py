@@ -36,7 +36,8 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype) -> jax.Array:
   in float32. (Autodiff would round each input's cotangent to the dtype it was
   cast to, so a kernel's gradient, and any cross-chip reduction of it, would
   be bfloat16.) `spec` must be "X,Y->Z" where every index of X and Y appears in
-  two of X, Y, Z, as in a linear layer or attention's two products.
+  two of X, Y, Z, as in a linear layer or attention's two products; `a` and `b`
+  are float32 (the model's activations and parameters).
   """
   if jnp.dtype(dtype) == jnp.float32:
     return jnp.einsum(spec, a, b)
