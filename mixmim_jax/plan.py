@@ -31,9 +31,10 @@ def grouping_line(plan: "Plan") -> str:
   line = f"mask groups: {plan.group_size} images per mask, {masks} per {per} ({shards})"
   if plan.group_size == RECIPE_GROUP_SIZE:
     return line + f"; as the reference, one mask per {RECIPE_GROUP_SIZE} images"
+  why = (f"the per-device batch {plan.micro_batch} is not a multiple of {RECIPE_GROUP_SIZE}"
+         if plan.micro_batch % RECIPE_GROUP_SIZE else "as config.group_size asks")
   return line + (f"; the reference draws one mask per {RECIPE_GROUP_SIZE} images: "
-                 f"{RECIPE_GROUP_SIZE / plan.group_size:.3g}x as many masks here (the per-device "
-                 f"batch {plan.micro_batch} is not a multiple of {RECIPE_GROUP_SIZE})")
+                 f"{RECIPE_GROUP_SIZE / plan.group_size:.3g}x as many masks here ({why})")
 
 
 def build_model_config(config) -> ModelConfig:

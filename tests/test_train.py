@@ -317,5 +317,9 @@ def test_mask_groups_follow_the_recipe_where_the_slice_allows(data_dir, slice_, 
   assert line.startswith(f"mask groups: {group} images per mask, {masks} masks per step")
   if group == 128:
     assert "as the reference" in line
+    # A smaller group the config sets is named as the reason, not the batch.
+    config.group_size = 32
+    line = plan_lib.grouping_line(plan_lib.make_plan(config, 2048 * 10, chips))
+    assert "4x as many masks here (as config.group_size asks)" in line, line
   else:
     assert "4x as many masks here" in line and "32 is not a multiple of 128" in line

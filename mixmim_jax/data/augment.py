@@ -11,6 +11,7 @@ import functools
 import math
 
 import numpy as np
+from PIL import Image
 
 from mixmim_jax.data.tf_cpu import tf
 from mixmim_jax.data import config as config_lib
@@ -108,7 +109,6 @@ _PILLOW_FILTERS = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEA
 
 
 def _pillow_resize(image, height, width, method):
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   grey = image.shape[-1] == 1
   resample = getattr(Image.Resampling, _PILLOW_FILTERS[method])
   out = Image.fromarray(image[..., 0] if grey else image).resize(

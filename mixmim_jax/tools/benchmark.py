@@ -122,8 +122,6 @@ def host_threads() -> int:
   return input_bench.cores()
 
 
-_summary = input_bench.summary
-
 
 # ------------------------------------------------------------------ matmul
 def time_matmul(n: int, repeats: int = 5) -> dict:
@@ -138,7 +136,7 @@ def time_matmul(n: int, repeats: int = 5) -> dict:
     jax.block_until_ready(f(a, b))
     times.append(time.perf_counter() - t0)
   best = statistics.median(times)
-  return dict(size=n, **_summary(times), flops_per_s=2 * n ** 3 / best)
+  return dict(size=n, **input_bench.summary(times), flops_per_s=2 * n ** 3 / best)
 
 
 def time_torch_matmul(n: int, repeats: int = 5) -> dict:
@@ -150,7 +148,8 @@ def time_torch_matmul(n: int, repeats: int = 5) -> dict:
     t0 = time.perf_counter()
     torch.mm(a, b)
     times.append(time.perf_counter() - t0)
-  return dict(size=n, **_summary(times), flops_per_s=2 * n ** 3 / statistics.median(times))
+  return dict(size=n, **input_bench.summary(times),
+              flops_per_s=2 * n ** 3 / statistics.median(times))
 
 
 # ------------------------------------------------------------------ JAX step
@@ -316,7 +315,7 @@ def benchmark_step(config, steps: int, warmup: int, reference: bool = False, rou
       torch_times += tt
       round_ratios.append(statistics.median(jt) / statistics.median(tt))
 
-  step = _summary(jax_times)
+  step = input_bench.summary(jax_times)
   result["step"] = step
   result["images_per_s"] = config.batch_size / step["median_s"]
   result["loss"] = js.last_loss
@@ -339,7 +338,7 @@ def benchmark_step(config, steps: int, warmup: int, reference: bool = False, rou
   if ref:
     result["reference"] = dict(
         framework="mmpretrain 1.2.0 / torch " + ref.torch.__version__, threads=threads,
-        num_params=ref.num_params, step=_summary(torch_times),
+        num_params=ref.num_params, step=input_bench.summary(torch_times),
         images_per_s=config.batch_size / statistics.median(torch_times), loss=ref.last_loss)
     result["jax_over_torch_step_time"] = step["median_s"] / statistics.median(torch_times)
     result["round_ratios"] = round_ratios
