@@ -1,0 +1,102 @@
+"""Plot a run's logged scalars (the loss by default) from its TensorBoard events.
+
+  python -m mixmim_jax.tools.plot_curves /tmp/fmnist_pre --out=docs/fmnist_pretrain_loss.png
+
+Reads WORKDIR/tensorboard (the files metrics.MetricWriter writes; a resumed run
+logs some steps twice, and the later value wins) and draws each tag against the
+step, with the epoch on a second axis when --steps-per-epoch is given. Needs
+matplotlib (requirements-test.txt), which the runtime itself does not.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+
+from etils import epath
+from tensorboard.compat.proto import event_pb2
+
+
+def _records(data: bytes):
+  """The payloads of a TFRecord stream (length, length CRC, data, data CRC)."""
+  offset = 0
+  while offset + 12 <= len(data):
+    length = int.from_bytes(data[offset:offset + 8], "little")
+    start = offset + 12
+    if start + length + 4 > len(data):
+      break                      # a file cut short while being rewritten
+    yield data[start:start + length]
+    offset = start + length + 4
+
+
+def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} from every event file of WORKDIR/tensorboard, in
+  name order (so a resumed run's later value of a step wins)."""
+  logdir = epath.Path(workdir) / "tensorboard"
+  if not logdir.is_dir():
+    raise FileNotFoundError(f"{logdir} does not exist: is {workdir} a workdir of "
+                            "mixmim_jax.main or mixmim_jax.finetune?")
+  scalars: dict[str, dict[int, float]] = {}
+  for path in sorted(logdir.glob("events.out.tfevents.*")):
+    for payload in _records(path.read_bytes()):
+      event = event_pb2.Event.FromString(payload)
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, {})[int(event.step)] = float(value.simple_value)
+  return scalars
+
+
+def plot(scalars: dict[str, dict[int, float]], tags: list[str], title: str,
+         steps_per_epoch: int = 0, log_y: bool = False) -> bytes:
+  """PNG bytes of one panel per tag."""
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise SystemExit("plot_curves needs matplotlib: pip install matplotlib") from e
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  missing = [t for t in tags if t not in scalars]
+  if missing:
+    raise SystemExit(f"no scalar named {missing[0]!r} in the events; they hold "
+                     f"{sorted(scalars)}.")
+  fig, axes = plt.subplots(1, len(tags), figsize=(5.5 * len(tags), 3.6), squeeze=False)
+  for ax, tag in zip(axes[0], tags):
+    steps = sorted(scalars[tag])
+    ax.plot(steps, [scalars[tag][s] for s in steps], marker=".", linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel(tag)
+    ax.grid(alpha=0.3)
+    if log_y:
+      ax.set_yscale("log")
+    if steps_per_epoch:
+      top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch,
+                                                 lambda e: e * steps_per_epoch))
+      top.set_xlabel("epoch")
+  fig.suptitle(title)
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110)
+  plt.close(fig)
+  return buffer.getvalue()
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("workdir")
+  parser.add_argument("--out", required=True, help="PNG to write")
+  parser.add_argument("--tags", default="loss", help="comma-separated scalar names")
+  parser.add_argument("--title", default="")
+  parser.add_argument("--steps-per-epoch", type=int, default=0)
+  parser.add_argument("--log-y", action="store_true")
+  args = parser.parse_args(argv)
+  scalars = read_scalars(args.workdir)
+  tags = [t for t in args.tags.split(",") if t]
+  png = plot(scalars, tags, args.title or args.workdir, args.steps_per_epoch, args.log_y)
+  epath.Path(args.out).write_bytes(png)
+  for tag in tags:
+    steps = sorted(scalars[tag])
+    print(f"{tag}: {len(steps)} points, step {steps[0]} = {scalars[tag][steps[0]]:.4f} -> "
+          f"step {steps[-1]} = {scalars[tag][steps[-1]]:.4f}")
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
