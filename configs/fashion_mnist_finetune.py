@@ -1,15 +1,17 @@
 """Fine-tune the small Fashion-MNIST MixMIM (configs/fashion_mnist_pretrain.py) on
 10 % of the labels (6,000 images), on a CPU.
 
-  python -m mixmim_jax.main --config=configs/fashion_mnist_pretrain.py --workdir=/tmp/fmnist_pre
+  python -m mixmim_jax.main --config=configs/fashion_mnist_pretrain.py:long --workdir=/tmp/fmnist_pre
   python -m mixmim_jax.finetune --config=configs/fashion_mnist_finetune.py \
       --workdir=/tmp/fmnist_ft --config.init_from=/tmp/fmnist_pre
-  (--config.init_from= for the from-scratch baseline)
+  (from scratch: --config.init_from= --config.optim.layer_decay=1.0)
 
-The mmpretrain recipe scaled down: AdamW, layer decay 0.7, label smoothing,
-mixup/cutmix, RandAugment, erasing, drop path 0.1; a larger lr per image for
-the small model and batch. Evaluated on the 10,000 test images (resized, no
-crop). See docs/FINETUNE.md for measured figures.
+A recipe for a 1.4 M-parameter encoder on 6,000 images, not ImageNet's: at this
+size the model underfits in a few epochs, so mixup/cutmix, RandAugment, random
+erasing and most of the drop path go (they cost more accuracy than they save
+here), the crop keeps at least half the image, and the lr per image is larger.
+AdamW, layer decay 0.75, label smoothing 0.1 stay. Evaluated on the 10,000 test
+images (resized, no crop). docs/FINETUNE.md has the measured table (3 seeds).
 """
 from mixmim_jax.recipes import fashion_mnist_small, finetune_defaults
 
@@ -17,9 +19,15 @@ from mixmim_jax.recipes import fashion_mnist_small, finetune_defaults
 def get_config(arg: str = ""):
   c = fashion_mnist_small(finetune_defaults())
   c.batch_size = 64
-  c.num_epochs = 3.0
-  c.warmup_epochs = 0.5
-  c.optim.base_lr = 2e-3              # lr 5e-4 at batch 64
+  c.num_epochs = 12.0                 # 1,116 steps, about 15 min on 2 cores
+  c.warmup_epochs = 1.0
+  c.optim.base_lr = 4e-3              # lr 1e-3 at batch 64
+  c.optim.layer_decay = 0.75
+  c.model.drop_path_rate = 0.05
+  c.mixup_alpha = c.cutmix_alpha = 0.0
+  c.data.randaugment = False
+  c.data.erase_prob = 0.0
+  c.data.crop_scale = (0.5, 1.0)
   c.log_every_steps = 50
   if arg == "runlocal":
     c.num_train_steps = 4
