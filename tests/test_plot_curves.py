@@ -6,10 +6,10 @@ from mixmim_jax import metrics
 from mixmim_jax.tools import plot_curves
 
 
-def _write_run(workdir, steps, offset=0.0, events_per_file=3):
+def _write_run(workdir, steps, events_per_file=3):
   writer = metrics.MetricWriter(str(workdir / "tensorboard"), events_per_file=events_per_file)
   for step in steps:
-    writer.write(step, {"loss": 1.0 / step + offset, "lr": 1e-3})
+    writer.write(step, {"loss": 1.0 / step, "lr": 1e-3})
 
 
 def test_reads_every_file_and_the_resumed_value_wins(tmp_path):

@@ -1,6 +1,6 @@
 """Plot a run's logged scalars (the loss by default) from its TensorBoard events.
 
-  python -m mixmim_jax.tools.plot_curves /tmp/fmnist_pre --out=docs/fmnist_pretrain_loss.png
+  python -m mixmim_jax.tools.plot_curves /tmp/fmnist_pre --out=loss.png --steps-per-epoch=468
 
 Reads WORKDIR/tensorboard (the files metrics.MetricWriter writes; a resumed run
 logs some steps twice, and the later value wins) and draws each tag against the
