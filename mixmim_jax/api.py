@@ -55,17 +55,27 @@ def param_shapes(config: ModelConfig, kind: str = "classifier"):
                         jax.random.key(0))["params"]
 
 
+def _normalized(images: jax.Array) -> jax.Array:
+  """The models take normalised float images; integer pixels are refused, not
+  silently run (the training steps normalise uint8 batches themselves)."""
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise TypeError(f"images are {images.dtype}; expected normalised float images: "
+                    "mixmim_jax.pixels.normalize(images, mean, std) makes them from "
+                    "uint8 pixels.")
+  return images
+
+
 @functools.partial(jax.jit, static_argnames=("config",))
 def classify(config: ModelConfig, params: Mapping[str, Any], images: jax.Array) -> jax.Array:
   """Logits (B, classes) for normalized NHWC images (B, H, W, 3)."""
-  return MixMIMClassifier(config).apply({"params": params}, images)
+  return MixMIMClassifier(config).apply({"params": params}, _normalized(images))
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def encode(config: ModelConfig, params: Mapping[str, Any], images: jax.Array,
            coarse_mask: jax.Array | None = None) -> jax.Array:
   """Final-norm encoder tokens (B, L, 8C); `params` is the 'encoder' subtree."""
-  return MixMIMEncoder(config).apply({"params": params}, images, coarse_mask)
+  return MixMIMEncoder(config).apply({"params": params}, _normalized(images), coarse_mask)
 
 
 def draw_mask(key: jax.Array, config: ModelConfig, num_groups: int = 1,

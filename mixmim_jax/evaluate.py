@@ -56,12 +56,14 @@ def summary(result: dict) -> str:
   return line
 
 
-def classifier_eval_fn(cfg: ModelConfig, mesh, params_shapes=None):
-  """A jitted eval step for a plain classifier with replicated (or given) shardings."""
+def classifier_eval_fn(cfg: ModelConfig, mesh, data_config, params_shapes=None):
+  """A jitted eval step for a plain classifier with replicated (or given) shardings,
+  normalising with data_config's mean and std."""
   batch = sharding.batch_sharding(mesh)
   params_sh = (sharding.replicated(mesh) if params_shapes is None
                else sharding.tree_shardings(params_shapes, mesh))
-  return jax.jit(functools.partial(eval_step, cfg=cfg, kind="classifier"),
+  return jax.jit(functools.partial(eval_step, cfg=cfg, kind="classifier",
+                                   mean=tuple(data_config.mean), std=tuple(data_config.std)),
                  in_shardings=(params_sh, None, batch, batch, batch),
                  out_shardings=sharding.replicated(mesh))
 
@@ -77,7 +79,7 @@ def evaluate_checkpoint(path: str, config) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   logger.info("evaluating %s (%d classes) on %s/%s", where, cfg.num_classes,
               config.data.source, config.data.eval_split)
-  fn = classifier_eval_fn(cfg, mesh, params)
+  fn = classifier_eval_fn(cfg, mesh, config.data, params)
   params = jax.device_put(params, sharding.tree_shardings(params, mesh))
   return evaluate(fn, params, {}, config.data, config.eval_batch_size, mesh)
 

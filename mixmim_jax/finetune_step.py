@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixmim_jax import api, mixup
+from mixmim_jax import api, mixup, pixels
 from mixmim_jax.arch import ModelConfig
 from mixmim_jax.plan import Plan
 from mixmim_jax.state import TrainState
@@ -28,6 +28,8 @@ def train_step(state: TrainState, images, labels, base_key, *, plan: Plan, confi
   mix_key, dropout_key = jax.random.split(key)
   k = cfg.num_classes
   targets = jax.nn.one_hot(labels, k, dtype=jnp.float32)
+  # Normalised before mixing, as mmpretrain's ClsDataPreprocessor does.
+  images = pixels.normalize(images, config.data.mean, config.data.std)
   if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
     images, targets = mixup.mix_per_device(mix_key, images, targets, plan.batch_devices,
                                            config.mixup_alpha, config.cutmix_alpha)
@@ -51,8 +53,11 @@ def train_step(state: TrainState, images, labels, base_key, *, plan: Plan, confi
   return TrainState(state.step + 1, params, opt_state, batch_stats), metrics
 
 
-def eval_step(params, batch_stats, images, labels, mask, *, cfg: ModelConfig, kind: str):
-  """Sums over the batch of (count, top-1 hits, top-5 hits, loss), padding masked."""
+def eval_step(params, batch_stats, images, labels, mask, *, cfg: ModelConfig, kind: str,
+              mean, std):
+  """Sums over the batch of (count, top-1 hits, top-5 hits, loss), padding masked;
+  uint8 images are normalised with `mean` and `std` first."""
+  images = pixels.normalize(images, mean, std)
   variables = {"params": params}
   if kind == "linprobe":
     variables["batch_stats"] = batch_stats

@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 
-from mixmim_jax import data, export  # noqa: E402
+from mixmim_jax import data, export, pixels  # noqa: E402
 from mixmim_jax.data import labeled  # noqa: E402
 from mixmim_jax.imagenet_classes import IMAGENET_CLASSES  # noqa: E402
 
@@ -46,7 +46,7 @@ def class_names(num_classes: int, labels_file: str | None = None) -> list[str]:
 
 
 def preprocess(paths, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-  """Normalized (N, S, S, 3) images, the evaluation transform of fine-tuning."""
+  """Normalized float32 (N, S, S, 3) images, the evaluation transform of fine-tuning."""
   from mixmim_jax.data.tf_cpu import tf  # pylint: disable=import-outside-toplevel
   cfg = data.labeled_config()
   cfg.image_size = img_size
@@ -62,7 +62,7 @@ def preprocess(paths, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np
     except tf.errors.InvalidArgumentError as e:
       raise ValueError(f"{path!r} is not a JPEG, PNG, GIF or BMP image that can be "
                        "decoded.") from e
-  return np.stack(out)
+  return np.asarray(pixels.normalize(np.stack(out), mean, std))
 
 
 def top_k(model, paths, k: int = 5, mean=IMAGENET_MEAN, std=IMAGENET_STD,

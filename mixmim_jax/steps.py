@@ -46,7 +46,8 @@ def compile_steps(plan: Plan, config, mesh) -> StepFns:
     step = compiled(finetune_step.train_step, batch, batch, rep)   # images, labels, key
     eval_step = jax.jit(
         sharding.under_activation_rules(
-            functools.partial(finetune_step.eval_step, cfg=plan.model, kind=kind), mesh),
+            functools.partial(finetune_step.eval_step, cfg=plan.model, kind=kind,
+                              mean=config.data.mean, std=config.data.std), mesh),
         in_shardings=(state_shardings.params, state_shardings.batch_stats, batch, batch, batch),
         out_shardings=rep)
   return StepFns(

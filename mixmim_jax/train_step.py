@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixmim_jax import masking, objective
+from mixmim_jax import masking, objective, pixels
 from mixmim_jax.decoder import MixMIMPretrainModel
 from mixmim_jax.plan import Plan
 from mixmim_jax.state import TrainState
@@ -33,12 +33,14 @@ def loss_fn(params, images, masks, dropout_key, plan: Plan, norm_pix: bool):
 def train_step(state: TrainState, images: jax.Array, base_key: jax.Array,
                given_masks: jax.Array | None = None, *, plan: Plan, tx, schedule,
                config) -> tuple[TrainState, dict]:
-  """One optimizer step on a global batch of normalized NHWC images.
+  """One optimizer step on a global batch of NHWC images (uint8, normalised here
+  with config.data's mean and std; or float32, normalised already).
 
   Each micro-batch draws its masks from the step's key, unless `given_masks`
   (accum, num_groups, cells) are passed (replay)."""
   accum = config.grad_accum_steps
   step_key = jax.random.fold_in(base_key, state.step)
+  images = pixels.normalize(images, config.data.mean, config.data.std)
   micro = _micro_batches(images, plan, accum)
   grad_fn = jax.value_and_grad(loss_fn)
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixmim_jax import masking, metrics, objective
+from mixmim_jax import masking, metrics, objective, pixels
 from mixmim_jax.arch import ModelConfig
 from mixmim_jax.decoder import MixMIMPretrainModel
 
@@ -36,8 +36,9 @@ def pairs_png(path: str, cfg: ModelConfig, params, images: np.ndarray, mask: np.
               mean, std, norm_pix: bool = True, write: bool = True) -> None:
   """Writes one row per pair (a, b): a, b, the mixed input the encoder saw for a,
   and the reconstructions of a and b. `images` holds an even number of
-  normalized images; a is image i and b image n-1-i (one mask group). Every
+  images (uint8 as the pipeline gives them, or normalised floats); a is image i and b image n-1-i (one mask group). Every
   process must call it (the params may be sharded across hosts); only `write` ones save."""
+  images = np.asarray(pixels.normalize(jnp.asarray(images), mean, std))
   recon, mixed = _reconstruct(params, jnp.asarray(images), jnp.asarray(mask), cfg, norm_pix)
   if not write:
     return

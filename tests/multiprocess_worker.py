@@ -18,6 +18,7 @@ if nproc > 1:
                              process_id=pid)
 
 import numpy as np  # noqa: E402
+from jax._src import distributed  # noqa: E402  (the coordination client's barrier)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_fixtures  # noqa: E402
@@ -29,19 +30,38 @@ config = train_fixtures.tiny_config(data_dir, group_size=2, batch_size=32)
 config.mesh.update(dict(data=-1, fsdp=2, model=1))
 mesh = sharding.make_mesh(config.mesh)
 plan = make_plan(config, num_examples=1000, num_devices=jax.device_count())
+
+
+def compiled_together(name, fn, *args):
+  """`fn` compiled for `args`, returned once every process has compiled it.
+
+  A loaded machine can compile one process's program tens of seconds after the
+  other's; gloo gives up on a collective whose peer is 30 s late, so the
+  processes meet at a barrier (10 min allowed) before running it."""
+  program = fn.lower(*args).compile()
+  if nproc > 1:
+    distributed.global_state.client.wait_at_barrier(name, 600_000)
+  return program
+
+
 fns = compile_steps(plan, config, mesh)
-state = fns.init(jax.random.key(0))
+key = jax.random.key(0)
+state = compiled_together("init", fns.init, key)(key)
 rng = np.random.default_rng(0)
-losses = []
-for step in range(2):
+per_process = 32 // nproc
+batches = []
+for _ in range(2):
   global_batch = rng.standard_normal((32, 32, 32, 3)).astype(np.float32)
-  per_process = 32 // nproc
   local = global_batch[pid * per_process:(pid + 1) * per_process]
-  images = jax.make_array_from_process_local_data(fns.batch_sharding, local)
-  state, metrics = fns.step(state, images, jax.random.key(1))
+  batches.append(jax.make_array_from_process_local_data(fns.batch_sharding, local))
+step_key = jax.random.key(1)
+step = compiled_together("step", fns.step, state, batches[0], step_key)
+losses = []
+for images in batches:
+  state, metrics = step(state, images, step_key)
   losses.append(float(metrics["loss"]))
 # Every leaf reduced to a replicated scalar, so each process can read it.
-sums = jax.jit(lambda p: [x.sum() for x in
-                          jax.tree.leaves(p)], out_shardings=sharding.replicated(mesh))(
-    state.params)
+leaf_sums = jax.jit(lambda p: [x.sum() for x in jax.tree.leaves(p)],
+                    out_shardings=sharding.replicated(mesh))
+sums = compiled_together("sums", leaf_sums, state.params)(state.params)
 print(json.dumps(dict(losses=losses, sums=[float(s) for s in sums])), flush=True)

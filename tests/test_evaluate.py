@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from mixmim_jax import api, params_io, sharding
+from mixmim_jax import api, params_io, pixels, sharding
 from mixmim_jax.arch import model_config
 from mixmim_jax.data import labeled
 from mixmim_jax.data.tf_cpu import tf
@@ -51,13 +51,13 @@ def test_every_image_scored_once_and_accuracy_matches_numpy(data_dir):
   params = api.init_params(CFG, "classifier", 0)
   # Make the random model's predictions spread over classes (so top-1 is not 0 or 1).
   params["head"]["bias"] = params["head"]["bias"] + np.linspace(-0.02, 0.02, 10)
-  result = evaluate(classifier_eval_fn(CFG, mesh), params, {}, c.data, c.eval_batch_size, mesh)
+  result = evaluate(classifier_eval_fn(CFG, mesh, c.data), params, {}, c.data, c.eval_batch_size, mesh)
   assert result["count"] == N
 
   # Direct: the same eval view mapped over the raw images, one unpadded forward.
   views = np.stack([labeled.eval_view(tf.constant(im[..., None]), "pixels", c.data).numpy()
                     for im in images])
-  logits = np.asarray(api.classify(CFG, params, views))
+  logits = np.asarray(api.classify(CFG, params, pixels.normalize(views, c.data.mean, c.data.std)))
   top5 = np.argsort(-logits, axis=1)[:, :5]
   assert result["top1"] == pytest.approx(np.mean(top5[:, 0] == labels), abs=1e-9)
   assert result["top5"] == pytest.approx(np.mean((top5 == labels[:, None]).any(1)), abs=1e-9)
@@ -96,3 +96,10 @@ def test_evaluate_checkpoint_reads_a_params_file(data_dir, tmp_path):
                         {"encoder": params["encoder"]})
   with pytest.raises(ValueError, match="without a classifier head"):
     evaluate_checkpoint(path, _config(directory))
+
+
+def test_classify_refuses_uint8_pixels():
+  params = api.init_params(CFG, "classifier", 0)
+  images = np.zeros((1, CFG.img_size, CFG.img_size, 3), np.uint8)
+  with pytest.raises(TypeError, match=r"images are uint8; expected normalised float.*pixels\.normalize"):
+    api.classify(CFG, params, images)

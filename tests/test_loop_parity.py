@@ -59,12 +59,6 @@ def _as_reference_inputs(images):
   return torch.from_numpy(np.ascontiguousarray(images[..., ::-1].transpose(0, 3, 1, 2)))
 
 
-def _normalized(images, data_config):
-  mean = np.asarray(data_config.mean, np.float32)
-  std = np.asarray(data_config.std, np.float32)
-  return (images.astype(np.float32) - mean) / std
-
-
 def _check(name, ours, theirs, params, model, cfg, kind):
   ours, theirs = np.asarray(ours), np.asarray(theirs)
   rel = np.abs(ours - theirs) / np.abs(theirs)
@@ -100,7 +94,7 @@ def test_pretraining_loop_matches_mmpretrain():
     mask = coarse_mask(plan.model, 100 + step)
     with th.fixed_mask(mask):
       theirs.append(reference.step(_as_reference_inputs(images), None))
-    batch = jax.device_put(_normalized(images, config.data), fns.batch_sharding)
+    batch = jax.device_put(images, fns.batch_sharding)   # uint8: the step normalises
     state, metrics = fns.replay_step(state, batch, key, jnp.asarray(mask)[None, None])
     ours.append(float(metrics["loss"]))
   _check("pretraining", ours, theirs, state.params, model, plan.model, "pretrain")
@@ -133,7 +127,7 @@ def test_finetuning_loop_matches_mmpretrain():
     images = (noise // 4 + 20 * labels[:, None, None, None]).astype(np.uint8)
     samples = [DataSample().set_gt_label(int(y)) for y in labels]
     theirs.append(reference.step(_as_reference_inputs(images), samples))
-    batch = jax.device_put(_normalized(images, config.data), fns.batch_sharding)
+    batch = jax.device_put(images, fns.batch_sharding)   # uint8: the step normalises
     state, metrics = fns.step(state, batch, jax.device_put(labels.astype(np.int32),
                                                            fns.batch_sharding),
                               jax.random.key(0))

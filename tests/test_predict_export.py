@@ -45,7 +45,12 @@ def test_top5_on_a_real_photo(files):
     assert all(name == IMAGENET_CLASSES[i] for i, name, _ in r)
   # The same numbers as the model applied to the eval transform by hand.
   images = predict.preprocess([files["photo"]], CFG.img_size)
-  assert images.shape == (1, 32, 32, 3)
+  assert images.shape == (1, 32, 32, 3) and images.dtype == np.float32
+  # Normalised with the given mean and std: mean 0, std 1 leaves the 0..255 pixels.
+  raw = predict.preprocess([files["photo"]], CFG.img_size, mean=(0, 0, 0), std=(1, 1, 1))
+  assert raw.max() > 100 and np.array_equal(raw, np.round(raw))
+  np.testing.assert_allclose(images, (raw - np.array(predict.IMAGENET_MEAN))
+                             / np.array(predict.IMAGENET_STD), rtol=1e-6, atol=1e-6)
   probs = np.asarray(jax.nn.softmax(api.classify(CFG, files["params"], images)))[0]
   assert rows[0][0][0] == int(np.argmax(probs))
   assert rows[0][0][2] == pytest.approx(float(probs.max()), rel=1e-6)

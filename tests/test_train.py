@@ -211,7 +211,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monke
       batch = next(self._it)
       self._start += 1
       if self._start == 3:
-        batch = dict(image=np.full_like(batch["image"], np.nan))
+        # uint8 cannot hold a NaN; a float batch is taken as normalised already.
+        batch = dict(image=np.full(batch["image"].shape, np.nan, np.float32))
       return batch
 
   monkeypatch.setattr(data, "pretrain_batches", Poisoned)

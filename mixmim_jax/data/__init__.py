@@ -3,7 +3,7 @@
   info = data.describe(config.data)   # DatasetInfo(num_examples, source, where, num_classes)
   it = data.pretrain_batches(config.data, local_batch_size=..., seed=...,
                              process_index=..., process_count=..., start_step=...)
-  next(it)["image"]                   # float32 [B, S, S, 3], NHWC, normalized
+  next(it)["image"]                   # uint8 [B, S, S, 3], NHWC (the step normalises)
   it.skipped                          # corrupt images replaced so far
 
 Sources (sources.py): any TFDS dataset, a tfds.ImageFolder-style folder, or the

@@ -1,4 +1,4 @@
-"""Per-example augmentation: RandomResizedCrop, horizontal flip, normalization.
+"""Per-example augmentation: RandomResizedCrop, horizontal flip; uint8 out.
 
 The crop follows torchvision / mmpretrain's RandomResizedCrop exactly in
 distribution: area fraction uniform in `scale`, aspect ratio log-uniform in
@@ -113,13 +113,12 @@ def _pillow_resize(image, height, width, method):
   resample = getattr(Image.Resampling, _PILLOW_FILTERS[method])
   out = Image.fromarray(image[..., 0] if grey else image).resize(
       (int(width), int(height)), resample)
-  out = np.asarray(out, np.float32)
+  out = np.asarray(out)
   return out[..., None] if grey else out
 
 
 def resize(image, height, width, method="bicubic"):
-  """uint8 [H, W, C] (C = 1 or 3) -> float32 [height, width, C] on the 0..255
-  grid: Pillow's own resize, as both references resize (mmcv's pillow backend,
+  """uint8 [H, W, C] (C = 1 or 3) -> uint8 [height, width, C]: Pillow's own resize, as both references resize (mmcv's pillow backend,
   torchvision on PIL images), so the numbers are theirs exactly.
 
   Run inside the graph through tf.numpy_function: Pillow's SIMD resampler
@@ -132,7 +131,7 @@ def resize(image, height, width, method="bicubic"):
     raise TypeError(f"resize takes uint8 pixels, not {image.dtype.name}.")
   channels = image.shape[-1]
   out = tf.numpy_function(functools.partial(_pillow_resize, method=method),
-                          [image, height, width], tf.float32, stateful=False)
+                          [image, height, width], tf.uint8, stateful=False)
   return tf.ensure_shape(out, [tf.get_static_value(height), tf.get_static_value(width),
                                channels])
 
@@ -146,8 +145,7 @@ def read_payload(payload, kind):
 
 
 def crop_resize_flip(payload, crop_key, flip_key, kind, cfg):
-  """RandomResizedCrop (Pillow's resize) + horizontal flip: float32 [S, S, 3]
-  on the 0..255 grid.
+  """RandomResizedCrop (Pillow's resize) + horizontal flip: uint8 [S, S, 3].
 
   kind: "pixels" (uint8 [H, W, C] with C = 1 or 3), "encoded" (image file bytes)
   or "path" (a file to read first).
@@ -169,15 +167,19 @@ def crop_resize_flip(payload, crop_key, flip_key, kind, cfg):
   return image
 
 
-def normalize(image, cfg):
-  """(image - mean) / std per RGB channel; a grey image is widened to RGB first."""
+def to_uint8_rgb(image):
+  """The view as the host sends it: uint8 RGB (a grey image widened); a float
+  image holds values on the 0..255 grid already. The device normalises it
+  (mixmim_jax/pixels.py)."""
   image = tf.broadcast_to(image, tf.concat([tf.shape(image)[:2], [3]], 0))
-  return (image - tf.constant(cfg.mean, tf.float32)) / tf.constant(cfg.std, tf.float32)
+  if image.dtype == tf.uint8:
+    return image
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
 def pretrain_view(payload, key, kind, cfg):
-  """One augmented, normalized float32 [S, S, 3] view of an example: the
-  pretraining recipe's RandomResizedCrop + flip."""
+  """One augmented uint8 [S, S, 3] view of an example: the pretraining recipe's
+  RandomResizedCrop + flip."""
   crop_key, flip_key = tf.unstack(
       tf.random.experimental.stateless_split(key, 2, alg=seeds.ALG))
-  return normalize(crop_resize_flip(payload, crop_key, flip_key, kind, cfg), cfg)
+  return to_uint8_rgb(crop_resize_flip(payload, crop_key, flip_key, kind, cfg))

@@ -2,7 +2,7 @@
 
   train = labeled.train_batches(cfg, local_batch_size=..., seed=..., process_index=...,
                                 process_count=..., start_step=...)
-  next(train)   # {"image": float32 [B, S, S, 3] normalized, "label": int32 [B]}
+  next(train)   # {"image": uint8 [B, S, S, 3], "label": int32 [B]}
   evaluation = labeled.eval_batches(cfg, local_batch_size=..., process_index=...,
                                     process_count=...)
   for batch in evaluation: ...   # + "mask": float32 [B], 0 on padding
@@ -33,10 +33,12 @@ def describe(config, split=None) -> sources.DatasetInfo:
 # ----------------------------------------------------------------------- views
 
 def train_view(payload, key, kind, config):
-  """RandomResizedCrop + flip + RandAugment + RandomErasing, normalized [S, S, 3]."""
+  """RandomResizedCrop + flip + RandAugment + RandomErasing, uint8 [S, S, 3]."""
   crop_key, flip_key, ra_key, erase_key = tf.unstack(
       tf.random.experimental.stateless_split(key, 4, alg=seeds.ALG))
   image = augment.crop_resize_flip(payload, crop_key, flip_key, kind, config)
+  if config.randaugment or config.erase_prob > 0:
+    image = tf.cast(image, tf.float32)     # they work on uint8 values held as float32
   if config.randaugment:
     fill = tuple(int(round(m)) for m in config.mean)
     image = randaugment.rand_augment(image, ra_key, config.randaugment_ops,
@@ -45,14 +47,14 @@ def train_view(payload, key, kind, config):
   if config.erase_prob > 0:
     image = randaugment.random_erasing(image, erase_key, config.erase_prob,
                                        mean=tuple(config.mean), std=tuple(config.std))
-  return augment.normalize(image, config)
+  return augment.to_uint8_rgb(image)
 
 
 def eval_view(payload, kind, config):
   """The references' test view: the short side resized to `eval_resize`, the
   long side to int(eval_resize x long / short) (truncated, as mmpretrain's
   ResizeEdge and torchvision's Resize do; bicubic, as Pillow), then the
-  centre `image_size` crop (offsets rounded half to even, as both), normalized."""
+  centre `image_size` crop (offsets rounded half to even, as both), uint8."""
   image = augment.read_payload(payload, kind)
   h, w = tf.cast(tf.shape(image)[0], tf.float64), tf.cast(tf.shape(image)[1], tf.float64)
   edge = tf.constant(config.eval_resize, tf.float64)
@@ -64,7 +66,7 @@ def eval_view(payload, kind, config):
   left = tf.cast(tf.round((new_w - s) / 2), tf.int32)
   image = image[tf.maximum(top, 0):tf.maximum(top, 0) + s,
                 tf.maximum(left, 0):tf.maximum(left, 0) + s]
-  return augment.normalize(tf.ensure_shape(image, [s, s, None]), config)
+  return augment.to_uint8_rgb(tf.ensure_shape(image, [s, s, None]))
 
 
 # ------------------------------------------------------------------- datasets
@@ -125,7 +127,7 @@ def eval_batches(config, *, local_batch_size, process_index=0, process_count=1,
       num_parallel_calls=parallel, deterministic=True).ignore_errors()
   s = config.image_size
   pad = tf.data.Dataset.from_tensors({
-      "image": tf.zeros([s, s, 3]), "label": tf.constant(0, tf.int32),
+      "image": tf.zeros([s, s, 3], tf.uint8), "label": tf.constant(0, tf.int32),
       "index": tf.constant(-1, tf.int64), "mask": tf.constant(0.0)}).repeat()
   ds = real.concatenate(pad).take(num_batches * b).batch(b).prefetch(2)
   options = tf.data.Options()

@@ -103,7 +103,7 @@ class BrokenDataset(ValueError):
 
 
 class Batches:
-  """Iterator of {"image": float32 [B, S, S, 3]} (and "label": int32 [B] for
+  """Iterator of {"image": uint8 [B, S, S, 3]} (and "label": int32 [B] for
   labelled sources). `skipped` counts replaced images, `skipped_files` the
   distinct files among them."""
 

@@ -174,7 +174,7 @@ class JaxStep:
     self.flops_per_step = flops.step_flops(self.plan, config, shape)
     self.state = fns.init(jax.random.key(0))
     rng = np.random.default_rng(0)
-    self.host_images = rng.standard_normal(shape).astype(np.float32)
+    self.host_images = rng.integers(0, 256, shape, dtype=np.uint8)  # as the pipeline sends
     # What the step takes after the state.
     args = [jax.device_put(self.host_images, fns.batch_sharding)]
     if self.plan.trainer == "finetune":
@@ -211,7 +211,11 @@ class TorchStep:
     trained = [p for p in self.model.parameters() if p.requires_grad]
     self.opt = torch.optim.AdamW(trained, lr=plan.lr, betas=(o.b1, o.b2), eps=o.eps,
                                  weight_decay=o.weight_decay)
+    # uint8 as its DataLoader sends them; each step normalises them, as its
+    # data_preprocessor does on the device (and ours inside the step).
     self.images = torch.from_numpy(np.ascontiguousarray(host_images_nhwc.transpose(0, 3, 1, 2)))
+    self.mean = torch.tensor(config.data.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    self.std = torch.tensor(config.data.std, dtype=torch.float32).view(1, 3, 1, 1)
     # Trained parameters (the sin-cos tables are frozen Parameters in mmpretrain).
     self.num_params = sum(p.numel() for p in trained)
 
@@ -220,7 +224,8 @@ class TorchStep:
     for _ in range(steps):
       t0 = time.perf_counter()
       self.opt.zero_grad(set_to_none=True)
-      loss = self.model.loss(self.images, None)["loss"]
+      images = (self.images.float() - self.mean) / self.std
+      loss = self.model.loss(images, None)["loss"]
       loss.backward()
       self.opt.step()
       times.append(time.perf_counter() - t0)

@@ -21,9 +21,9 @@ from mixmim_jax.tools import hlo_stats
 
 
 def abstract_step_args(plan: Plan, fns, batch_shape: tuple[int, ...], mesh):
-  """ShapeDtypeStructs of what the step takes after the state: images (and
-  labels for fine-tuning), then the key."""
-  args = [jax.ShapeDtypeStruct(batch_shape, jnp.float32, sharding=fns.batch_sharding)]
+  """ShapeDtypeStructs of what the step takes after the state: uint8 images as
+  the input pipeline sends them (and labels for fine-tuning), then the key."""
+  args = [jax.ShapeDtypeStruct(batch_shape, jnp.uint8, sharding=fns.batch_sharding)]
   if plan.trainer == "finetune":
     args.append(jax.ShapeDtypeStruct(batch_shape[:1], jnp.int32, sharding=fns.batch_sharding))
   args.append(jax.ShapeDtypeStruct((), jax.random.key(0).dtype,

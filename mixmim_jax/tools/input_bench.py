@@ -7,7 +7,7 @@
       --synthetic-jpegs=512 --batch=64 --steps=64 --warmup=16 --rounds=5 --reference
 
 Ours is the real tf.data pipeline of the config's trainer (`--pipeline`):
-`data.pretrain_batches` (RandomResizedCrop + flip + normalisation) or
+`data.pretrain_batches` (RandomResizedCrop + flip, uint8 out) or
 `labeled.train_batches` (+ RandAugment and random erasing). --reference builds
 mmpretrain's own `train_pipeline` from its MixMIM recipe shipped in the package
 (through its registry: LoadImageFromFile, RandomResizedCrop, RandomFlip, ...,
@@ -148,8 +148,8 @@ class ReferenceLoader:
   the folder's files, in a torch DataLoader with `workers` processes.
 
   Left out, as they run on the accelerator or in the model: its data_preprocessor
-  (normalisation, BGR -> RGB; ours normalises on the host, so our batches are
-  float32 and four times the bytes of its uint8 ones) and the fine-tuning
+  (normalisation, BGR -> RGB; ours too normalises on the device, see pixels.py,
+  so both deliver uint8 batches) and the fine-tuning
   recipe's mixup / cutmix (ours too: the trainer mixes)."""
 
   def __init__(self, data_config, pipeline: str, batch: int, workers: int):
@@ -427,8 +427,8 @@ def report_lines(r: dict) -> list[str]:
               f"{ref['images_per_s']:.1f} images/s = {ref['images_per_s_per_core']:.1f} "
               "images/s per core",
               f"  ours / reference images/s: {r['ours_over_reference']:.3f} (per round: "
-              + ", ".join(f"{x:.3f}" for x in r["round_ratios"]) + "); ours ends in "
-              "normalised float32, theirs in uint8 (normalised on the device)"]
+              + ", ".join(f"{x:.3f}" for x in r["round_ratios"]) + "); both end in uint8 "
+              "(normalised on the device)"]
   if "note" in r:
     lines.append("  note: " + r["note"])
   if "profile_input" in r:

@@ -1,0 +1,19 @@
+"""Input pixels cross from the host to the device as uint8 and are normalised
+there, as mmpretrain's data_preprocessor does on the GPU: the host pipeline does
+no per-pixel float work and sends a quarter of float32's bytes.
+
+Every step (pretraining, fine-tuning, evaluation) calls `normalize` first. A
+float batch is taken as already normalised and passes unchanged: exported
+models, `api.logits` and `predict` keep taking normalised float32 images.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def normalize(images, mean, std):
+  """(uint8 images - mean) / std per channel, in float32; float images as they are."""
+  if images.dtype != jnp.uint8:
+    return images
+  return ((images.astype(jnp.float32) - jnp.asarray(mean, jnp.float32))
+          / jnp.asarray(std, jnp.float32))
