@@ -4,7 +4,7 @@ no per-pixel float work and sends a quarter of float32's bytes.
 
 Every step (pretraining, fine-tuning, evaluation) calls `normalize` first. A
 float batch is taken as already normalised and passes unchanged: exported
-models, `api.logits` and `predict` keep taking normalised float32 images.
+models and `api.classify` take normalised float32 images (`predict` normalises its own).
 """
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ def pairs_png(path: str, cfg: ModelConfig, params, images: np.ndarray, mask: np.
               mean, std, norm_pix: bool = True, write: bool = True) -> None:
   """Writes one row per pair (a, b): a, b, the mixed input the encoder saw for a,
   and the reconstructions of a and b. `images` holds an even number of
-  images (uint8 as the pipeline gives them, or normalised floats); a is image i and b image n-1-i (one mask group). Every
+  images (uint8 as the pipeline gives them, or normalised floats); a is image i
+  and b image n-1-i (one mask group). Every
   process must call it (the params may be sharded across hosts); only `write` ones save."""
   images = np.asarray(pixels.normalize(jnp.asarray(images), mean, std))
   recon, mixed = _reconstruct(params, jnp.asarray(images), jnp.asarray(mask), cfg, norm_pix)

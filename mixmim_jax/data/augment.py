@@ -118,7 +118,8 @@ def _pillow_resize(image, height, width, method):
 
 
 def resize(image, height, width, method="bicubic"):
-  """uint8 [H, W, C] (C = 1 or 3) -> uint8 [height, width, C]: Pillow's own resize, as both references resize (mmcv's pillow backend,
+  """uint8 [H, W, C] (C = 1 or 3) -> uint8 [height, width, C]: Pillow's own
+  resize, as both references resize (mmcv's pillow backend,
   torchvision on PIL images), so the numbers are theirs exactly.
 
   Run inside the graph through tf.numpy_function: Pillow's SIMD resampler
