@@ -57,6 +57,33 @@ def test_step_benchmark_json(tmp_path):
   assert benchmark.report_lines(r)[-2].startswith("JAX / PyTorch step time:")
 
 
+def test_reference_in_its_own_process_runs_without_ld_preload(monkeypatch):
+  """--reference-allocator=glibc: the torch reference steps in a child process
+  started without LD_PRELOAD (this process keeps its own) and computes what
+  the in-process reference computes, step for step."""
+  monkeypatch.setenv("LD_PRELOAD", "/nonexistent/libmalloc_for_this_test.so")
+  args, overrides = benchmark.parse_args([f"--config={BASE}", "--arch=tiny", "--image-size=32",
+                                          "--batch=2", "--reference",
+                                          "--reference-allocator=glibc"])
+  assert args.reference_allocator == "glibc"
+  config = benchmark.build_config(args, overrides)
+  plan = benchmark.make_plan(config, num_examples=2000, num_devices=1)
+  images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  child = benchmark.TorchStepProcess(config, plan, images, threads=1)
+  try:
+    assert os.environ["LD_PRELOAD"] == "/nonexistent/libmalloc_for_this_test.so"
+    assert child.child_ld_preload is None and child.allocator == "glibc (own process)"
+    child_times = child.run(2)
+    child_loss = child.last_loss
+  finally:
+    child.close()
+  here = benchmark.TorchStep(config, plan, images, threads=1)
+  here.run(2)
+  assert len(child_times) == 2 and min(child_times) > 0
+  assert child.num_params == here.num_params and child.framework == here.framework
+  assert child_loss == pytest.approx(here.last_loss, rel=1e-6)
+
+
 def test_finetune_step_benchmark(tmp_path):
   """A fine-tuning config times the fine-tuning step (mixup, label smoothing,
   layer-wise lr decay); --reference is refused in one sentence."""

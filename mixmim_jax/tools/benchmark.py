@@ -15,7 +15,10 @@ matmul measured in the same run (what this backend can do at best).
 
 --reference also times mmpretrain 1.2.0's MixMIM (same model config, image size,
 batch, float32, AdamW step included) in the same process, in rounds that
-alternate with JAX's, with torch given as many threads as XLA's CPU client uses.
+alternate with JAX's, with torch given as many threads as XLA's CPU client uses. With
+--reference-allocator=glibc torch runs in a child process without LD_PRELOAD,
+so `LD_PRELOAD=libtcmalloc_minimal.so.4 python -m mixmim_jax.benchmark ...`
+times each framework on the allocator it is faster with here.
 
 --input-only times the host input pipeline instead (with --reference against
 mmpretrain's DataLoader on the same JPEGs; input_bench.py).
@@ -26,12 +29,14 @@ in JAX and with --reference in torch: what the products alone cost per step.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -72,6 +77,11 @@ def parse_args(argv):
   p.add_argument("--reference", action="store_true",
                  help="also time mmpretrain's MixMIM (with --input-only: its input "
                       "pipeline) in alternating rounds")
+  p.add_argument("--reference-allocator", choices=("same", "glibc"), default="same",
+                 help="with --reference: 'same' runs torch in this process (on whatever "
+                      "allocator it has); 'glibc' runs it in its own process with LD_PRELOAD "
+                      "dropped, so JAX keeps a preloaded tcmalloc while torch runs on glibc's "
+                      "malloc, each on the allocator it is faster with here (BENCHMARKS.md)")
   p.add_argument("--rounds", type=int, default=2,
                  help="with --reference: alternating JAX / torch rounds, --steps split evenly "
                       "between them (--input-only: --steps batches in each round)")
@@ -219,6 +229,9 @@ class TorchStep:
     # Trained parameters (the sin-cos tables are frozen Parameters in mmpretrain).
     self.num_params = sum(p.numel() for p in trained)
 
+    self.framework = "mmpretrain 1.2.0 / torch " + torch.__version__
+    self.allocator = "the same as JAX (one process)"
+
   def run(self, steps: int) -> list[float]:
     times = []
     for _ in range(steps):
@@ -231,6 +244,72 @@ class TorchStep:
       times.append(time.perf_counter() - t0)
     self.last_loss = loss.item()
     return times
+
+
+class TorchStepProcess:
+  """TorchStep in a child process started without LD_PRELOAD: torch then runs
+  on glibc's malloc while this process keeps a preloaded one. XLA:CPU is 9 %
+  faster on tcmalloc and torch 33 % slower (BENCHMARKS.md), so one process
+  cannot give both frameworks their best allocator. Same interface as
+  TorchStep; rounds still alternate, one process waiting while the other runs."""
+
+  def __init__(self, config, plan, host_images_nhwc, threads: int):
+    import multiprocessing  # pylint: disable=import-outside-toplevel
+    context = multiprocessing.get_context("spawn")    # a fresh interpreter, fresh env
+    self._conn, child_end = context.Pipe()
+    # Only what TorchStep reads, in picklable form.
+    plan_view = _PlanView(model=plan.model, lr=plan.lr)
+    saved = os.environ.pop("LD_PRELOAD", None)
+    try:
+      self._process = context.Process(
+          target=_serve_torch_steps, daemon=True,
+          args=(child_end, config.to_dict(), plan_view, host_images_nhwc, threads))
+      self._process.start()
+    finally:
+      if saved is not None:
+        os.environ["LD_PRELOAD"] = saved
+    child_end.close()
+    info = self._reply()
+    self.framework, self.num_params = info["framework"], info["num_params"]
+    self.child_ld_preload = info["ld_preload"]
+    self.allocator = "glibc (own process)" if not info["ld_preload"] else info["ld_preload"]
+
+  def _reply(self):
+    kind, value = self._conn.recv()
+    if kind == "error":
+      raise RuntimeError(f"the torch reference process failed:\n{value}")
+    return value
+
+  def run(self, steps: int) -> list[float]:
+    self._conn.send(steps)
+    times, self.last_loss = self._reply()
+    return times
+
+  def close(self):
+    self._conn.send(None)
+    self._process.join(timeout=60)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PlanView:
+  model: Any
+  lr: float
+
+
+def _serve_torch_steps(conn, config_dict, plan_view, host_images_nhwc, threads):
+  """The child's loop: build TorchStep, then run `steps` per request until None."""
+  import traceback  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  try:
+    step = TorchStep(ml_collections.ConfigDict(config_dict), plan_view, host_images_nhwc,
+                     threads)
+    conn.send(("ok", dict(framework=step.framework, num_params=step.num_params,
+                          ld_preload=os.environ.get("LD_PRELOAD"))))
+    while (steps := conn.recv()) is not None:
+      times = step.run(steps)
+      conn.send(("ok", (times, step.last_loss)))
+  except Exception:  # pylint: disable=broad-except  (reported to the parent)
+    conn.send(("error", traceback.format_exc()))
 
 
 # ------------------------------------------------------------------ the step benchmark
@@ -277,7 +356,7 @@ def _peak_memory(devices, compiled) -> dict:
 
 def benchmark_step(config, steps: int, warmup: int, reference: bool = False, rounds: int = 2,
                    matmul_size: int = 2048, num_devices: int | None = None,
-                   profile_dir: str | None = None) -> dict:
+                   profile_dir: str | None = None, reference_allocator: str = "same") -> dict:
   """Times the train step (and optionally the reference); returns the JSON record."""
   finetuning = config.trainer == "finetune"
   if finetuning and reference:
@@ -301,8 +380,9 @@ def benchmark_step(config, steps: int, warmup: int, reference: bool = False, rou
   per_device = js.flops_per_step / len(devices) if js.flops_per_step else None
   ref = None
   if reference:
-    ref = TorchStep(config, js.plan, js.host_images, threads)
-    if matmul_size:
+    make = TorchStepProcess if reference_allocator == "glibc" else TorchStep
+    ref = make(config, js.plan, js.host_images, threads)
+    if matmul_size and make is TorchStep:
       result["torch_matmul"] = time_torch_matmul(matmul_size)
   js.run(warmup)
   if ref:
@@ -341,8 +421,11 @@ def benchmark_step(config, steps: int, warmup: int, reference: bool = False, rou
     from mixmim_jax.tools import profile_ops  # pylint: disable=import-outside-toplevel
     result["profile"] = profile_ops.profile(js.run, js.compiled.as_text(), profile_dir)
   if ref:
+    if isinstance(ref, TorchStepProcess):
+      ref.close()
     result["reference"] = dict(
-        framework="mmpretrain 1.2.0 / torch " + ref.torch.__version__, threads=threads,
+        framework=ref.framework, threads=threads, allocator=ref.allocator,
+        jax_ld_preload=os.environ.get("LD_PRELOAD"),
         num_params=ref.num_params, step=input_bench.summary(torch_times),
         images_per_s=config.batch_size / statistics.median(torch_times), loss=ref.last_loss)
     result["jax_over_torch_step_time"] = step["median_s"] / statistics.median(torch_times)
@@ -395,7 +478,9 @@ def report_lines(r: dict) -> list[str]:
                     if "step_vs_matmul_flops" in r else ""))
   if "reference" in r:
     ref, rs = r["reference"], r["reference"]["step"]
-    lines += [f"reference {ref['framework']}, {ref['threads']} threads, "
+    lines += [f"allocators: JAX {ref['jax_ld_preload'] or 'glibc'}; reference "
+              f"{ref['allocator']}",
+              f"reference {ref['framework']}, {ref['threads']} threads, "
               f"{ref['num_params'] / 1e6:.2f} M params: median {rs['median_s'] * 1e3:.1f} ms "
               f"(min {rs['min_s'] * 1e3:.1f}, max {rs['max_s'] * 1e3:.1f}, n={rs['n']}); "
               f"{ref['images_per_s']:.2f} images/s; loss {ref['loss']:.4f}",
@@ -435,7 +520,8 @@ def main(argv=None) -> dict:
                                            args.reference, args.rounds, args.profile_input)
   else:
     result = benchmark_step(config, args.steps, args.warmup, args.reference, args.rounds,
-                            args.matmul_size, args.num_devices, args.profile)
+                            args.matmul_size, args.num_devices, args.profile,
+                            args.reference_allocator)
   command = "python -m mixmim_jax.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
   return report.publish(result, report_lines(result), command, args.json)
 
