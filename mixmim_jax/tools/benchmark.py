@@ -228,7 +228,6 @@ class TorchStep:
     self.std = torch.tensor(config.data.std, dtype=torch.float32).view(1, 3, 1, 1)
     # Trained parameters (the sin-cos tables are frozen Parameters in mmpretrain).
     self.num_params = sum(p.numel() for p in trained)
-
     self.framework = "mmpretrain 1.2.0 / torch " + torch.__version__
     self.allocator = "the same as JAX (one process)"
 
