@@ -39,8 +39,8 @@ def pairs_png(path: str, cfg: ModelConfig, params, images: np.ndarray, mask: np.
   images (uint8 as the pipeline gives them, or normalised floats); a is image i
   and b image n-1-i (one mask group). Every
   process must call it (the params may be sharded across hosts); only `write` ones save."""
-  images = np.asarray(pixels.normalize(jnp.asarray(images), mean, std))
-  recon, mixed = _reconstruct(params, jnp.asarray(images), jnp.asarray(mask), cfg, norm_pix)
+  images = pixels.normalize(jnp.asarray(images), mean, std)
+  recon, mixed = _reconstruct(params, images, jnp.asarray(mask), cfg, norm_pix)
   if not write:
     return
   to_u8 = functools.partial(metrics.denormalize, mean=mean, std=std)
