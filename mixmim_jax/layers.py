@@ -153,6 +153,27 @@ def _add_shared_bias_bwd(trailing, grouped, _, g):
 _add_shared_bias.defvjp(_add_shared_bias_fwd, _add_shared_bias_bwd)
 
 
+@jax.custom_jvp
+def softmax(x: jax.Array) -> jax.Array:
+  """Softmax over the last axis; the same forward ops as jax.nn.softmax.
+
+  Differentiated as torch differentiates it, d(softmax) = p * (dx - <p, dx>),
+  instead of autodiff through exp / sum (jax.nn.softmax without the
+  `jax_softmax_custom_jvp` flag, a process-wide switch a library should not
+  flip). The backward pass then needs p only, not exp(x - max) and its sum: on
+  XLA:CPU the base pretraining step got 6 % faster (BENCHMARKS.md).
+  """
+  unnormalized = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
+  return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  p = softmax(x)
+  return p, p * (dx - jnp.sum(p * dx, axis=-1, keepdims=True))
+
+
 class Mlp(nn.Module):
   hidden: int
   drop: float = 0.0
@@ -214,7 +235,7 @@ class Attention(nn.Module):
       logits = add_shared_bias(logits, rel.astype(logits.dtype), grouped)
     if bias is not None:
       logits = logits + bias.astype(logits.dtype)
-    weights = jax.nn.softmax(logits, axis=-1)
+    weights = softmax(logits)
     weights = nn.Dropout(self.attn_drop)(weights, deterministic)
     out = einsum("...hqk,...khd->...qhd", weights, v, self.dtype)
     out = out.reshape(*out.shape[:-2], dim)
