@@ -14,9 +14,9 @@ masks are shared by the same groups of 128 images as in the reference.
 Blocks are rematerialised: without it the step needs 28.8 of a v4 chip's 32 GiB
 at 128 images per chip (AOT compile, BENCHMARKS.md), in float32 and in bfloat16
 alike (the float32 attention softmax dominates), too close to the limit. On
-v5e-64 (32 images per chip) --config.model.remat=False fits (8.46 GiB, 53 %) and
+v5e-64 (32 images per chip) --config.model.remat=False fits (8.43 GiB, 53 %) and
 is faster.
-As shipped (remat, scanned stacks): 9.48 GiB per v4 chip (30 %), 4.26 GiB per
+As shipped (remat, scanned stacks): 10.01 GiB per v4 chip (31 %), 4.37 GiB per
 v5e chip (27 %), 142 GFLOP per image (AOT, BENCHMARKS.md).
 """
 from mixmim_jax.recipes import pretrain_defaults

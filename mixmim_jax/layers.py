@@ -161,7 +161,7 @@ def softmax(x: jax.Array) -> jax.Array:
   instead of autodiff through exp / sum (jax.nn.softmax without the
   `jax_softmax_custom_jvp` flag, a process-wide switch a library should not
   flip). The backward pass then needs p only, not exp(x - max) and its sum: on
-  XLA:CPU the base pretraining step got 6 % faster (BENCHMARKS.md).
+  XLA:CPU the base pretraining step got 4-6 % faster (BENCHMARKS.md).
   """
   unnormalized = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
   return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
