@@ -108,9 +108,15 @@ _PILLOW_FILTERS = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEA
                    "area": "BOX", "lanczos3": "LANCZOS"}
 
 
+def pillow_filter(method):
+  """Pillow's resampling filter for a resize method name (the values of
+  data/config.py's INTERPOLATIONS)."""
+  return getattr(Image.Resampling, _PILLOW_FILTERS[method])
+
+
 def _pillow_resize(image, height, width, method):
   grey = image.shape[-1] == 1
-  resample = getattr(Image.Resampling, _PILLOW_FILTERS[method])
+  resample = pillow_filter(method)
   out = Image.fromarray(image[..., 0] if grey else image).resize(
       (int(width), int(height)), resample)
   out = np.asarray(out)

@@ -31,11 +31,16 @@ up to cores / steps.
 core over the same files: read, decode, crop + resize + flip (full or partial
 JPEG decode), the whole per-image view, and the whole tf.data pipeline
 (the difference to the view is tf.data's own cost: windows, batching, copies).
+It also times the library calls alone -- read, libjpeg decode, crop, Pillow's
+resize, flip -- in a plain Python loop: both pipelines make those calls, so
+with --reference it prints the most any pipeline giving these pixels could
+gain on mmpretrain's per core.
 """
 from __future__ import annotations
 
 import copy
 import functools
+import io
 import os
 import statistics
 import time
@@ -386,13 +391,64 @@ def profile_stages(config, pipeline: str, files: list[str]) -> dict:
     for key, name, fn in stages:
       out["stages"].append(dict(key=key, name=name, **_time_stage(fn, paths)))
     cost = whole_pipeline()
+    floor = library_floor(cfg, paths)
   out["stages"].append(dict(key="pipeline", name="the whole tf.data pipeline, 1 parallel call",
                             **cost))
+  out["stages"].append(dict(key="floor", name="the library calls alone, in a plain loop",
+                            **floor))
   return out
 
 
+def library_floor(data_config, paths: list[str]) -> dict:
+  """Per-image cost of the library calls that make a pretraining view -- read
+  the file, libjpeg's decode (through Pillow: the same islow IDCT, and the same
+  pixels, as TensorFlow's and OpenCV's), the crop, Pillow's resize, the flip --
+  in a plain Python loop with nothing around them. mmpretrain's pipeline and
+  ours both make these calls, so neither can make views faster per core."""
+  # pylint: disable=import-outside-toplevel
+  from PIL import Image
+  from mixmim_jax.data import augment
+  from mixmim_jax.data import config as config_lib
+  # pylint: enable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  sizes = []
+  for path in paths:
+    with Image.open(path) as im:                 # the header only
+      sizes.append(im.size)
+  width, height = (np.array(v) for v in zip(*sizes))
+  u = rng.random((len(paths), 4, augment.ATTEMPTS))
+  top, left, crop_h, crop_w = (np.asarray(v) for v in augment.crop_window_from_uniforms(
+      u, height, width, tuple(data_config.crop_scale), tuple(data_config.crop_ratio)))
+  flips = data_config.hflip & (rng.random(len(paths)) < 0.5)
+  size = data_config.image_size
+  resample = augment.pillow_filter(config_lib.INTERPOLATIONS[data_config.interpolation])
+
+  def views(indices):
+    for i in indices:
+      pillow_view(paths[i], (top[i], left[i], crop_h[i], crop_w[i]), flips[i], size, resample)
+
+  views(range(min(8, len(paths))))              # first use of the decoders
+  return _per_image(_clock(lambda: views(range(len(paths)))), len(paths))
+
+
+def pillow_view(path: str, window, flip: bool, size: int, resample) -> np.ndarray:
+  """One pretraining view made by the library calls alone: uint8 [size, size, 3]
+  from the file, the crop window (top, left, height, width) and the flip."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with open(path, "rb") as f:
+    im = Image.open(io.BytesIO(f.read()))
+  im.load()                                      # the decode
+  if im.mode != "RGB":
+    im = im.convert("RGB")
+  top, left, height, width = window
+  im = im.crop((left, top, left + width, top + height)).resize((size, size), resample)
+  if flip:
+    im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  return np.asarray(im)
+
+
 # ------------------------------------------------------------------ printing
-def _stage_lines(p: dict) -> list[str]:
+def _stage_lines(p: dict, reference_per_core: float | None = None) -> list[str]:
   lines = [f"profile of ours: each stage alone on one pinned core, {p['images']} images "
            "(CPU ms per image, images/s per core; wall ms where the core was shared):"]
   for s in p["stages"]:
@@ -405,6 +461,14 @@ def _stage_lines(p: dict) -> list[str]:
             "tf.data around it": ms["pipeline"] - ms["view"]}
   lines.append("  share of the whole pipeline's CPU time: " + ", ".join(
       f"{k} {100 * v / ms['pipeline']:.0f} %" for k, v in shares.items()))
+  lines.append(f"  the library calls alone (read, decode, crop, resize, flip) are "
+               f"{100 * ms['floor'] / ms['pipeline']:.0f} % of the whole pipeline's CPU time")
+  if reference_per_core:
+    ref_ms = 1e3 / reference_per_core
+    lines.append(f"  the reference spends {ref_ms:.2f} ms of a core per image: any pipeline making "
+                 f"these pixels is at most {ref_ms / ms['floor']:.2f}x as fast per core "
+                 f"(2x would need {ref_ms / 2:.2f} ms per image, the calls alone take "
+                 f"{ms['floor']:.2f})")
   return lines
 
 
@@ -432,5 +496,6 @@ def report_lines(r: dict) -> list[str]:
   if "note" in r:
     lines.append("  note: " + r["note"])
   if "profile_input" in r:
-    lines += _stage_lines(r["profile_input"])
+    lines += _stage_lines(r["profile_input"],
+                          r.get("reference", {}).get("images_per_s_per_core"))
   return lines
