@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mixmim_jax import arch, cli, layers
-from mixmim_jax.tools import benchmark, chips, input_bench, kernel_bench
+from mixmim_jax.tools import benchmark, chips, input_bench, kernel_bench, profile_ops
 from mixmim_jax.decoder import MixMIMPretrainModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,9 +150,74 @@ def test_input_benchmark_against_mmpretrain(tmp_path, pipeline):
   assert any(line.startswith("  ours / reference images/s:") for line in lines)
   if profile:
     stages = {s["key"]: s for s in r["profile_input"]["stages"]}
-    assert set(stages) == {"read", "decode", "crop", "partial", "view", "pipeline"}
+    assert set(stages) == {"read", "decode", "crop", "partial", "view", "pipeline", "floor"}
     assert all(s["images_per_s_per_core"] > 0 for s in stages.values())
-    assert lines[-1].startswith("  share of the whole pipeline's CPU time: read + decode")
+    assert any(line.startswith("  share of the whole pipeline's CPU time: read + decode")
+               for line in lines)
+    ref_ms = 1e3 / ref["images_per_s_per_core"]
+    bound = ref_ms / stages["floor"]["cpu_ms_per_image"]
+    assert lines[-1].startswith(f"  the reference spends {ref_ms:.2f} ms of a core per image: "
+                                f"any pipeline making these pixels is at most {bound:.2f}x")
+
+
+def test_library_floor_makes_our_pretraining_views(tmp_path):
+  """The profile's floor (the library calls alone) makes the very pixels of our
+  pretraining view given its crop window and flip, so it times the same work."""
+  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.data import augment, seeds
+  from mixmim_jax.data import config as config_lib
+  from mixmim_jax.data.tf_cpu import tf
+  # pylint: enable=import-outside-toplevel
+  root = input_bench.write_synthetic_jpegs(str(tmp_path), 1)
+  path = os.path.join(root, "train", "class0", "000000.jpg")
+  cfg = cli.load_config(BASE).data
+  resample = augment.pillow_filter(config_lib.INTERPOLATIONS[cfg.interpolation])
+  flips = set()
+  for index in range(6):
+    key = seeds.example_key(0, 0, index, False)
+    ours = augment.pretrain_view(tf.constant(path), key, "path", cfg).numpy()
+    crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2, alg=seeds.ALG))
+    window = [int(v) for v in augment.sample_crop_window(
+        crop_key, 375, 500, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))]
+    flip = bool(tf.random.stateless_uniform([], flip_key, alg=seeds.ALG) < 0.5)
+    flips.add(flip)
+    floor = input_bench.pillow_view(path, window, flip, cfg.image_size, resample)
+    np.testing.assert_array_equal(floor, ours)
+  assert flips == {True, False}
+
+
+# A batched product as XLA:CPU's passes leave it in the step's compiled HLO:
+# no metadata on the fusion nor on the dot inside.
+_UNNAMED_BATCHED_DOT = """
+%fused_computation.123 (param_0.170: f32[8,16,32,196], param_1.190: f32[8,16,196,196]) -> f32[8,16,32,196] {
+  %param_0.170 = f32[8,16,32,196]{3,2,1,0} parameter(0)
+  %param_1.190 = f32[8,16,196,196]{3,2,1,0} parameter(1)
+  ROOT %dot.849 = f32[8,16,32,196]{3,2,1,0} dot(%param_0.170, %param_1.190), lhs_batch_dims={0,1}, lhs_contracting_dims={3}, rhs_batch_dims={0,1}, rhs_contracting_dims={2}
+}
+
+ENTRY %main.2 (a: f32[8,16,32,196], b: f32[8,16,196,196], c: f32[4]) -> f32[8,16,32,196] {
+  %a = f32[8,16,32,196]{3,2,1,0} parameter(0), metadata={op_name="a"}
+  %b = f32[8,16,196,196]{3,2,1,0} parameter(1), metadata={op_name="b"}
+  %c = f32[4]{0} parameter(2), metadata={op_name="c"}
+  %add.7 = f32[4]{0} add(%c, %c)
+  %multiply.3 = f32[4]{0} multiply(%c, %c), metadata={op_name="jit(wrapped)/mul"}
+  ROOT %ynn_fusion.123 = f32[8,16,32,196]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation.123, backend_config={"fusion_config":{"kind":"__ynn_fusion"},"outer_dimension_partitions":[]}
+}
+"""
+
+
+def test_profile_names_the_batched_products_xla_leaves_unnamed():
+  """The op profile puts XLA-made ops without metadata apart, the batched
+  matmuls (attention's) by name, instead of counting them as optimizer time."""
+  ops = profile_ops.hlo_ops(_UNNAMED_BATCHED_DOT)
+  assert ops["ynn_fusion.123"]["batched_dot"] and ops["dot.849"]["batched_dot"]
+  assert not ops["add.7"]["batched_dot"]
+  assert profile_ops.classify("ynn_fusion.123", ops["ynn_fusion.123"]) == (
+      "matmul", "batched matmuls without a name (attention)", "unknown")
+  assert profile_ops.classify("add.7", ops["add.7"]) == (
+      "elementwise/reduce", "ops without a name", "unknown")
+  assert profile_ops.classify("multiply.3", ops["multiply.3"]) == (
+      "elementwise/reduce", "optimizer / other", "optimizer / other")
 
 
 def test_input_benchmark_refuses_a_pipeline_the_config_lacks():

@@ -17,6 +17,8 @@ import re
 
 _LINE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][a-z0-9\-]*)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _FUSION_KIND = re.compile(r'"kind":"(__\w+)"')
 # Parts of a block or stage worth telling apart, first match wins.
 _PARTS = (("attention", r"/attn/"), ("mlp", r"/ffn/"), ("layernorm", r"/(ln1|ln2|norm)/"),
@@ -25,17 +27,30 @@ _PARTS = (("attention", r"/attn/"), ("mlp", r"/ffn/"), ("layernorm", r"/(ln1|ln2
 
 
 def hlo_ops(hlo_text: str) -> dict[str, dict]:
-  """name -> {opcode, op_name, fusion kind} for every instruction."""
-  ops = {}
+  """name -> {opcode, op_name, fusion kind, batched_dot} for every instruction;
+  batched_dot: a dot with batch dimensions, or a fusion around one."""
+  ops, calls, batched_computations, computation = {}, {}, set(), None
   for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      computation = header.group(1)
+      continue
     m = _LINE.match(line)
     if not m:
       continue
     name, opcode = m.groups()
     op_name = _OP_NAME.search(line)
     kind = _FUSION_KIND.search(line)
+    batched = opcode == "dot" and "lhs_batch_dims=" in line
+    if batched and computation:
+      batched_computations.add(computation)
+    called = _CALLS.search(line)
+    if called:
+      calls[name] = called.group(1)
     ops[name] = dict(opcode=opcode, op_name=op_name.group(1) if op_name else "",
-                     fusion=kind.group(1) if kind else "")
+                     fusion=kind.group(1) if kind else "", batched_dot=batched)
+  for name, computation in calls.items():
+    ops[name]["batched_dot"] |= computation in batched_computations
   return ops
 
 
@@ -62,6 +77,12 @@ def classify(name: str, info: dict | None) -> tuple[str, str, str]:
     scope = f"{where} {part}".strip()
   elif re.search(r"objective|reconstruction|patchify|masking", op_name):
     scope = "loss / masks"
+  elif not op_name:
+    # XLA's passes make some ops without metadata: on CPU above all the batched
+    # products of attention, which are this model's only batched matmuls.
+    scope = ("batched matmuls without a name (attention)" if info.get("batched_dot")
+             else "ops without a name")
+    return work, scope, "unknown"
   else:
     scope = "optimizer / other"
   phase = ("backward" if "transpose(" in op_name else "forward" if "jvp(" in op_name
