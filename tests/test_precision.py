@@ -91,10 +91,17 @@ def _losses_and_first_gradient(dtype: str, data_dir: str, steps: int = 5):
 
 def test_bfloat16_steps_track_float32(tmp_path):
   """Five bfloat16 pretraining steps of a 12-block model against float32 from
-  the same weights and batches. Measured with the residual stream, LayerNorm
-  and gradients in bfloat16 (before): loss off by 5.5e-5 on average (1.0e-4
-  at most), one step's gradient off by 1.51 % (relative L2); now 4.2e-5
-  (6.9e-5) and 0.38 %. The bounds fail the old code on every count."""
+  the same weights and batches, and one gradient.
+
+  The gradient tells the old code from the new on every machine measured:
+  with the residual stream, LayerNorm and gradients in bfloat16 (before) it
+  was off by 1.51 % (relative L2) on an AMD EPYC and on an Intel Xeon with
+  AVX-512, now by 0.38 % and 0.39 %; the bound fails the old code.
+  The relative loss gap stays small in both, but at this size it is rounding
+  noise that moves with the machine's bfloat16 products: before, 5.5e-5 on
+  average (1.0e-4 at most) on the AMD, 3.9e-5 (7.2e-5) on the Intel; now
+  4.2e-5 (6.9e-5) and 6.0e-5 (7.9e-5). Its bounds check that bfloat16
+  training tracks float32, not which code runs."""
   f_losses, f_grad = _losses_and_first_gradient("float32", str(tmp_path))
   b_losses, b_grad = _losses_and_first_gradient("bfloat16", str(tmp_path))
   gap = np.abs(b_losses - f_losses) / f_losses
@@ -104,5 +111,5 @@ def test_bfloat16_steps_track_float32(tmp_path):
   grad_error = (num / den) ** 0.5
   print(f"loss gap mean {gap.mean():.3g} max {gap.max():.3g}; gradient error {grad_error:.4f}")
   assert f_losses[-1] < f_losses[0]                # it trains
-  assert gap.mean() < 5e-5 and gap.max() < 9e-5, gap
+  assert gap.mean() < 1.5e-4 and gap.max() < 3e-4, gap
   assert grad_error < 0.006, grad_error
