@@ -121,6 +121,32 @@ def test_point_ops_match_pillow():
                                 np.asarray(ImageOps.posterize(pil, 3), np.float32))
 
 
+@pytest.mark.parametrize("kind, magnitude", [
+    ("rotate", 17.3), ("rotate", -24.0), ("shear_x", 0.21), ("shear_y", -0.13),
+    ("translate_x", 0.31), ("translate_y", -0.27)])
+def test_warps_give_mmpretrains_pixels(kind, magnitude):
+  """Rotate, shear and translate at a given magnitude equal mmpretrain's own
+  transforms (mmcv's cv2.warpAffine, bicubic, the recipe's pad value) to the
+  bit, on a photo that is not square."""
+  from mixmim_jax.tools import torch_reference  # pylint: disable=import-outside-toplevel
+  torch_reference.import_mmpretrain()
+  from mmpretrain.datasets.transforms import auto_augment  # pylint: disable=import-outside-toplevel
+  photo = np.ascontiguousarray(pytest.importorskip("skimage.data").astronaut()[100:164, 150:198])
+  fill = (124, 116, 104)
+  common = dict(prob=1.0, random_negative_prob=0.0, pad_val=fill, interpolation="bicubic")
+  if kind == "rotate":
+    theirs = auto_augment.Rotate(angle=magnitude, **common)
+  else:
+    cls = auto_augment.Shear if kind.startswith("shear") else auto_augment.Translate
+    direction = "horizontal" if kind.endswith("_x") else "vertical"
+    theirs = cls(magnitude=magnitude, direction=direction, **common)
+  expected = theirs.transform({"img": photo.copy()})["img"]
+  ours = randaugment.apply_op(randaugment.OP_NAMES.index(kind), tf.constant(photo, tf.float32),
+                              tf.constant(magnitude, tf.float32), fill).numpy()
+  assert np.abs(ours - photo).mean() > 5                 # it moved the image
+  np.testing.assert_array_equal(ours, expected.astype(np.float32))
+
+
 def test_every_op_changes_the_image_and_stays_on_the_grid():
   img = tf.constant(_photo())
   for i, name in enumerate(randaugment.OP_NAMES):
@@ -149,6 +175,27 @@ def test_train_augmentations_run_inside_tf_data_and_change_images():
                                       prob=1.0).numpy()
   frac = (erased != _photo()).any(-1).mean()
   assert 0.015 < frac < 0.34
+
+
+def test_erasing_fills_one_box_with_the_recipes_noise():
+  """RandomErasing (p = 1): the changed pixels form one box of 2-33 % of the
+  image, filled with N(mean, std) per channel (truncated to integers); the
+  rest is untouched. -1 marks the original pixels: noise is clipped to 0..255."""
+  mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+  for seed in range(3):
+    img = tf.fill([224, 160, 3], -1.0)
+    out = randaugment.random_erasing(img, tf.constant([seed, 2], tf.int64), prob=1.0,
+                                     mean=mean, std=std).numpy()
+    changed = (out != -1.0).all(-1)
+    assert ((out != -1.0).any(-1) == changed).all()        # whole pixels, all channels
+    rows, cols = np.nonzero(changed)
+    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert changed.sum() == box and 0.019 < box / changed.size < 0.34
+    noise = out[changed]
+    assert (noise == np.round(noise)).all() and noise.min() >= 0 and noise.max() <= 255
+    n = len(noise)
+    np.testing.assert_allclose(noise.mean(0), np.asarray(mean) - 0.5, atol=5 * 60 / n ** 0.5 + 1)
+    np.testing.assert_allclose(noise.std(0), std, rtol=0.15)
 
 
 def test_label_fraction_keeps_ten_percent_of_each_class(tmp_path):
