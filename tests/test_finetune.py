@@ -109,16 +109,22 @@ def _photo():
   return np.clip(base, 10, 240).astype(np.float32)
 
 
-def test_point_ops_match_pillow():
-  from PIL import Image, ImageOps  # pylint: disable=import-outside-toplevel
-  img = _photo()
-  pil = Image.fromarray(img.astype(np.uint8))
-  np.testing.assert_array_equal(randaugment.equalize(tf.constant(img)).numpy(),
-                                np.asarray(ImageOps.equalize(pil), np.float32))
-  np.testing.assert_array_equal(randaugment.auto_contrast(tf.constant(img)).numpy(),
-                                np.asarray(ImageOps.autocontrast(pil), np.float32))
-  np.testing.assert_array_equal(randaugment.posterize(tf.constant(img), 2.4).numpy(),
-                                np.asarray(ImageOps.posterize(pil, 3), np.float32))
+def test_point_ops_match_mmpretrain():
+  """AutoContrast, Equalize and Posterize equal mmpretrain's transforms (mmcv's
+  functions) on a photo, a low-contrast crop of it and a flat image."""
+  from mixmim_jax.tools import torch_reference  # pylint: disable=import-outside-toplevel
+  torch_reference.import_mmpretrain()
+  from mmpretrain.datasets.transforms import auto_augment  # pylint: disable=import-outside-toplevel
+  photo = pytest.importorskip("skimage.data").astronaut()
+  images = [_photo().astype(np.uint8), np.ascontiguousarray(photo[:200, :150]),
+            (photo[:64, :64] // 4 + 60).astype(np.uint8), np.full((20, 30, 3), 77, np.uint8)]
+  cases = [(randaugment.auto_contrast, auto_augment.AutoContrast(prob=1.0)),
+           (randaugment.equalize, auto_augment.Equalize(prob=1.0)),
+           (lambda x: randaugment.posterize(x, 2.4), auto_augment.Posterize(bits=3, prob=1.0))]
+  for img in images:
+    for ours, theirs in cases:
+      expected = theirs.transform({"img": img.copy()})["img"].astype(np.float32)
+      np.testing.assert_array_equal(ours(tf.constant(img, tf.float32)).numpy(), expected)
 
 
 @pytest.mark.parametrize("kind, magnitude", [
