@@ -112,10 +112,6 @@ def warp(img, kind, magnitude, fill):
   OpenCV releases the GIL, so tf.data's parallel calls run side by side."""
   if kind not in WARPS:
     raise ValueError(f"warp kind {kind!r}; expected one of {WARPS}.")
-  # tf.data already runs one image per core; OpenCV's own worker threads on top
-  # cost the fine-tuning pipeline a quarter of its images/s on 2 cores. As
-  # mmengine does for its loader workers: OpenCV calls run sequentially.
-  cv2.setNumThreads(0)
   out = tf.numpy_function(functools.partial(_cv2_warp, kind=kind, fill=tuple(fill)),
                           [img, tf.cast(magnitude, tf.float32)], tf.float32, stateful=False)
   return tf.ensure_shape(out, img.shape)
