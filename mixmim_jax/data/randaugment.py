@@ -7,9 +7,10 @@ replacement from 15; each op then runs with probability 0.5; its magnitude is
 N(9, 0.5) clipped to [0, 10] and mapped linearly onto the op's range; signed
 ops flip the sign with probability 0.5. The formulas are mmcv's (posterize,
 solarize(-add), blends with grey / zero / a 3x3 smoothed image); auto-contrast
-and equalize are Pillow's ImageOps, whose numbers mmcv's equal. The warps (rotate, shear, translate) are mmcv's own
-calls: OpenCV's warpAffine with mmcv's matrices, bicubic as the recipe asks,
-so a warp at a given magnitude gives mmpretrain's pixels exactly.
+and equalize are Pillow's ImageOps, whose numbers mmcv's equal. The warps
+(rotate, shear, translate) are mmcv's own calls: OpenCV's warpAffine with
+mmcv's matrices, bicubic as the recipe asks, so a warp at a given magnitude
+gives mmpretrain's pixels exactly.
 """
 import functools
 import math
@@ -53,7 +54,7 @@ def _pillow_op(img, op):
 def _through_pillow(img, op):
   """ImageOps.`op` on uint8 values held as float32 [H, W, 3]: per-channel
   lookup tables, the same numbers as mmcv's (mmpretrain's transforms call
-  mmcv; tests/test_finetune.py compares them), at a tenth of the cost of the
+  mmcv; tests/test_finetune.py compares them), at a third of the cost of the
   same table built from TensorFlow ops."""
   out = tf.numpy_function(functools.partial(_pillow_op, op=op), [img], tf.float32,
                           stateful=False)

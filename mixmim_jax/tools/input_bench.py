@@ -419,7 +419,7 @@ def library_floor(data_config, paths: list[str]) -> dict:
   u = rng.random((len(paths), 4, augment.ATTEMPTS))
   top, left, crop_h, crop_w = (np.asarray(v) for v in augment.crop_window_from_uniforms(
       u, height, width, tuple(data_config.crop_scale), tuple(data_config.crop_ratio)))
-  flips = data_config.hflip & (rng.random(len(paths)) < 0.5)
+  flips = (rng.random(len(paths)) < 0.5) & bool(data_config.hflip)
   size = data_config.image_size
   resample = augment.pillow_filter(config_lib.INTERPOLATIONS[data_config.interpolation])
 
