@@ -153,6 +153,34 @@ def test_warps_give_mmpretrains_pixels(kind, magnitude):
   np.testing.assert_array_equal(ours, expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("kind, magnitude", [
+    ("invert", 0.0), ("solarize", 128.0), ("solarize_add", 60.0), ("color", 0.375),
+    ("color", -0.6875), ("contrast", 0.375), ("contrast", -0.6875), ("brightness", 0.375),
+    ("brightness", -0.6875), ("sharpness", 0.375), ("sharpness", -0.6875)])
+def test_photometric_ops_give_mmpretrains_pixels(kind, magnitude):
+  """The other RandAugment ops at a given magnitude equal mmpretrain's own
+  transforms to the bit (mmcv's cv2 backend: its grey image, its rounding in
+  cv2.addWeighted). mmpretrain works on BGR images, as its loader reads them."""
+  from mixmim_jax.tools import torch_reference  # pylint: disable=import-outside-toplevel
+  torch_reference.import_mmpretrain()
+  from mmpretrain.datasets.transforms import auto_augment  # pylint: disable=import-outside-toplevel
+  photo = np.ascontiguousarray(pytest.importorskip("skimage.data").coffee()[:120, :90])
+  signed = dict(magnitude=magnitude, prob=1.0, random_negative_prob=0.0)
+  theirs = {"invert": lambda: auto_augment.Invert(prob=1.0),
+            "solarize": lambda: auto_augment.Solarize(thr=magnitude, prob=1.0),
+            "solarize_add": lambda: auto_augment.SolarizeAdd(magnitude=magnitude, prob=1.0),
+            "color": lambda: auto_augment.ColorTransform(**signed),
+            "contrast": lambda: auto_augment.Contrast(**signed),
+            "brightness": lambda: auto_augment.Brightness(**signed),
+            "sharpness": lambda: auto_augment.Sharpness(**signed)}[kind]()
+  bgr = np.ascontiguousarray(photo[..., ::-1])
+  expected = theirs.transform({"img": bgr})["img"][..., ::-1].astype(np.float32)
+  ours = randaugment.apply_op(randaugment.OP_NAMES.index(kind), tf.constant(photo, tf.float32),
+                              tf.constant(magnitude, tf.float32), (124, 116, 104)).numpy()
+  assert np.abs(ours - photo).mean() > 0.5                 # it changed the image
+  np.testing.assert_array_equal(ours, expected)
+
+
 def test_every_op_changes_the_image_and_stays_on_the_grid():
   img = tf.constant(_photo())
   for i, name in enumerate(randaugment.OP_NAMES):

@@ -5,12 +5,13 @@ The same ops, ranges and probabilities as mmpretrain 1.2.0's RandAugment with
 `policies='timm_increasing'` (which follows timm): two ops drawn with
 replacement from 15; each op then runs with probability 0.5; its magnitude is
 N(9, 0.5) clipped to [0, 10] and mapped linearly onto the op's range; signed
-ops flip the sign with probability 0.5. The formulas are mmcv's (posterize,
-solarize(-add), blends with grey / zero / a 3x3 smoothed image); auto-contrast
-and equalize are Pillow's ImageOps, whose numbers mmcv's equal. The warps
-(rotate, shear, translate) are mmcv's own calls: OpenCV's warpAffine with
-mmcv's matrices, bicubic as the recipe asks, so a warp at a given magnitude
-gives mmpretrain's pixels exactly.
+ops flip the sign with probability 0.5. Every op at a given magnitude gives
+mmpretrain's pixels exactly (tests/test_finetune.py, against its transforms):
+invert, posterize, solarize(-add) and brightness are mmcv's formulas in
+TensorFlow; color, contrast and sharpness (mmcv's cv2 backend) and the warps
+(rotate, shear, translate: cv2.warpAffine with mmcv's matrices, bicubic as
+the recipe asks) are mmcv's own OpenCV calls; auto-contrast and equalize are
+Pillow's ImageOps, whose numbers mmcv's equal.
 """
 import functools
 import math
@@ -36,13 +37,8 @@ OPS = (
 OP_NAMES = tuple(op[0] for op in OPS)
 
 
-def _grey(img):
-  # cv2's BGR2GRAY weights on RGB, rounded like its uint8 output.
-  return tf.round(tf.reduce_sum(img * tf.constant([0.299, 0.587, 0.114]), -1, keepdims=True))
-
-
 def _blend(img, other, factor):
-  # cv2.addWeighted then astype(uint8): clip, truncate.
+  # mmcv's adjust_brightness: cv2.addWeighted in float32, clip, truncate.
   return tf.floor(tf.clip_by_value(other + factor * (img - other), 0.0, 255.0))
 
 
@@ -75,12 +71,37 @@ def posterize(img, bits):
   return tf.cast(tf.bitwise.left_shift(tf.bitwise.right_shift(v, shift), shift), tf.float32)
 
 
-def sharpness(img, factor):
-  kernel = tf.constant([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13.0
-  kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-  padded = tf.pad(img[None], [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-  smooth = tf.round(tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")[0])
-  return _blend(img, smooth, factor)
+ENHANCEMENTS = ("color", "contrast", "sharpness")
+# PIL.ImageFilter.SMOOTH, as mmcv's adjust_sharpness.
+_SMOOTH = np.array([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13
+
+
+def _cv2_enhance(img, magnitude, kind):
+  """mmcv's adjust_color / adjust_contrast / adjust_sharpness (its cv2 backend,
+  mmpretrain's) on an RGB image: the grey image is cv2's, rounded to uint8; the
+  factor 1 + magnitude is formed in double, as mmpretrain forms it in Python."""
+  img = img.astype(np.uint8)
+  factor = 1.0 + float(magnitude)
+  if kind == "color":      # blended in uint8: cv2 rounds
+    grey = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=-1)
+    return cv2.addWeighted(img, factor, grey, 1 - factor, 0).astype(np.float32)
+  if kind == "contrast":   # towards the grey image's mean, rounded half to even
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    other = np.full(img.shape, round(np.sum(grey) / grey.size), np.float32)
+  else:                    # towards the 3x3-smoothed image (reflect-101 border)
+    other = cv2.filter2D(img, -1, _SMOOTH).astype(np.float32)
+  out = cv2.addWeighted(img.astype(np.float32), factor, other, 1 - factor, 0)
+  return np.clip(out, 0, 255).astype(np.uint8).astype(np.float32)
+
+
+def enhance(img, kind, magnitude):
+  """One of the ENHANCEMENTS at `magnitude` (the factor is 1 + magnitude) as mmcv
+  does it, on uint8 values held as float32."""
+  if kind not in ENHANCEMENTS:
+    raise ValueError(f"enhancement kind {kind!r}; expected one of {ENHANCEMENTS}.")
+  out = tf.numpy_function(functools.partial(_cv2_enhance, kind=kind),
+                          [img, tf.cast(magnitude, tf.float32)], tf.float32, stateful=False)
+  return tf.ensure_shape(out, img.shape)
 
 
 WARPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
@@ -129,10 +150,10 @@ def apply_op(index, img, magnitude, fill):
       lambda: posterize(img, m),
       lambda: tf.where(img < m, img, 255.0 - img),
       lambda: tf.where(img < 128.0, tf.minimum(img + m, 255.0), img),
-      lambda: _blend(img, _grey(img), 1.0 + m),
-      lambda: _blend(img, tf.round(tf.reduce_mean(_grey(img))), 1.0 + m),
+      lambda: enhance(img, "color", m),
+      lambda: enhance(img, "contrast", m),
       lambda: _blend(img, tf.zeros_like(img), 1.0 + m),
-      lambda: sharpness(img, 1.0 + m),
+      lambda: enhance(img, "sharpness", m),
       lambda: warp(img, "shear_x", m, fill),
       lambda: warp(img, "shear_y", m, fill),
       lambda: warp(img, "translate_x", m, fill),
