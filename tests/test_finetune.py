@@ -109,12 +109,18 @@ def _photo():
   return np.clip(base, 10, 240).astype(np.float32)
 
 
-def test_point_ops_match_mmpretrain():
-  """AutoContrast, Equalize and Posterize equal mmpretrain's transforms (mmcv's
-  functions) on a photo, a low-contrast crop of it and a flat image."""
+def _mmpretrain_auto_augment():
+  """mmpretrain's RandAugment transforms (its auto_augment module)."""
   from mixmim_jax.tools import torch_reference  # pylint: disable=import-outside-toplevel
   torch_reference.import_mmpretrain()
   from mmpretrain.datasets.transforms import auto_augment  # pylint: disable=import-outside-toplevel
+  return auto_augment
+
+
+def test_point_ops_match_mmpretrain():
+  """AutoContrast, Equalize and Posterize equal mmpretrain's transforms (mmcv's
+  functions) on a photo, a low-contrast crop of it and a flat image."""
+  auto_augment = _mmpretrain_auto_augment()
   photo = pytest.importorskip("skimage.data").astronaut()
   images = [_photo().astype(np.uint8), np.ascontiguousarray(photo[:200, :150]),
             (photo[:64, :64] // 4 + 60).astype(np.uint8), np.full((20, 30, 3), 77, np.uint8)]
@@ -134,9 +140,7 @@ def test_warps_give_mmpretrains_pixels(kind, magnitude):
   """Rotate, shear and translate at a given magnitude equal mmpretrain's own
   transforms (mmcv's cv2.warpAffine, bicubic, the recipe's pad value) to the
   bit, on a photo that is not square."""
-  from mixmim_jax.tools import torch_reference  # pylint: disable=import-outside-toplevel
-  torch_reference.import_mmpretrain()
-  from mmpretrain.datasets.transforms import auto_augment  # pylint: disable=import-outside-toplevel
+  auto_augment = _mmpretrain_auto_augment()
   photo = np.ascontiguousarray(pytest.importorskip("skimage.data").astronaut()[100:164, 150:198])
   fill = (124, 116, 104)
   common = dict(prob=1.0, random_negative_prob=0.0, pad_val=fill, interpolation="bicubic")
@@ -161,9 +165,7 @@ def test_photometric_ops_give_mmpretrains_pixels(kind, magnitude):
   """The other RandAugment ops at a given magnitude equal mmpretrain's own
   transforms to the bit (mmcv's cv2 backend: its grey image, its rounding in
   cv2.addWeighted). mmpretrain works on BGR images, as its loader reads them."""
-  from mixmim_jax.tools import torch_reference  # pylint: disable=import-outside-toplevel
-  torch_reference.import_mmpretrain()
-  from mmpretrain.datasets.transforms import auto_augment  # pylint: disable=import-outside-toplevel
+  auto_augment = _mmpretrain_auto_augment()
   photo = np.ascontiguousarray(pytest.importorskip("skimage.data").coffee()[:120, :90])
   signed = dict(magnitude=magnitude, prob=1.0, random_negative_prob=0.0)
   theirs = {"invert": lambda: auto_augment.Invert(prob=1.0),

@@ -42,27 +42,29 @@ def _blend(img, other, factor):
   return tf.floor(tf.clip_by_value(other + factor * (img - other), 0.0, 255.0))
 
 
-def _pillow_op(img, op):
-  out = getattr(ImageOps, op)(Image.fromarray(img.astype(np.uint8)))
-  return np.asarray(out, np.float32)
-
-
-def _through_pillow(img, op):
-  """ImageOps.`op` on uint8 values held as float32 [H, W, 3]: per-channel
-  lookup tables, the same numbers as mmcv's (mmpretrain's transforms call
-  mmcv; tests/test_finetune.py compares them), at a third of the cost of the
-  same table built from TensorFlow ops."""
-  out = tf.numpy_function(functools.partial(_pillow_op, op=op), [img], tf.float32,
-                          stateful=False)
+def _on_uint8(fn, img, *args):
+  """`fn(uint8 image, *args)` -> uint8 image (a Pillow or OpenCV call), run from
+  the graph on uint8 values held as float32 [H, W, 3]. Both libraries release
+  the GIL, so tf.data's parallel calls run side by side."""
+  def call(image, *values):
+    return fn(image.astype(np.uint8), *values).astype(np.float32)
+  out = tf.numpy_function(call, [img, *args], tf.float32, stateful=False)
   return tf.ensure_shape(out, img.shape)
 
 
+def _pillow(op):
+  """ImageOps.`op` on a uint8 array: per-channel lookup tables, the same numbers
+  as mmcv's (mmpretrain's transforms call mmcv; tests/test_finetune.py compares
+  them), at a third of the cost of the same table built from TensorFlow ops."""
+  return lambda image: np.asarray(getattr(ImageOps, op)(Image.fromarray(image)))
+
+
 def auto_contrast(img):
-  return _through_pillow(img, "autocontrast")
+  return _on_uint8(_pillow("autocontrast"), img)
 
 
 def equalize(img):
-  return _through_pillow(img, "equalize")
+  return _on_uint8(_pillow("equalize"), img)
 
 
 def posterize(img, bits):
@@ -80,18 +82,17 @@ def _cv2_enhance(img, magnitude, kind):
   """mmcv's adjust_color / adjust_contrast / adjust_sharpness (its cv2 backend,
   mmpretrain's) on an RGB image: the grey image is cv2's, rounded to uint8; the
   factor 1 + magnitude is formed in double, as mmpretrain forms it in Python."""
-  img = img.astype(np.uint8)
   factor = 1.0 + float(magnitude)
   if kind == "color":      # blended in uint8: cv2 rounds
     grey = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=-1)
-    return cv2.addWeighted(img, factor, grey, 1 - factor, 0).astype(np.float32)
+    return cv2.addWeighted(img, factor, grey, 1 - factor, 0)
   if kind == "contrast":   # towards the grey image's mean, rounded half to even
     grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     other = np.full(img.shape, round(np.sum(grey) / grey.size), np.float32)
   else:                    # towards the 3x3-smoothed image (reflect-101 border)
     other = cv2.filter2D(img, -1, _SMOOTH).astype(np.float32)
   out = cv2.addWeighted(img.astype(np.float32), factor, other, 1 - factor, 0)
-  return np.clip(out, 0, 255).astype(np.uint8).astype(np.float32)
+  return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def enhance(img, kind, magnitude):
@@ -99,9 +100,8 @@ def enhance(img, kind, magnitude):
   does it, on uint8 values held as float32."""
   if kind not in ENHANCEMENTS:
     raise ValueError(f"enhancement kind {kind!r}; expected one of {ENHANCEMENTS}.")
-  out = tf.numpy_function(functools.partial(_cv2_enhance, kind=kind),
-                          [img, tf.cast(magnitude, tf.float32)], tf.float32, stateful=False)
-  return tf.ensure_shape(out, img.shape)
+  return _on_uint8(functools.partial(_cv2_enhance, kind=kind), img,
+                   tf.cast(magnitude, tf.float32))
 
 
 WARPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
@@ -122,21 +122,18 @@ def _warp_matrix(kind, magnitude, height, width):
 
 def _cv2_warp(img, magnitude, kind, fill):
   h, w = img.shape[:2]
-  out = cv2.warpAffine(img.astype(np.uint8), _warp_matrix(kind, float(magnitude), h, w), (w, h),
-                       flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
-                       borderValue=tuple(float(v) for v in fill))
-  return out.astype(np.float32)
+  return cv2.warpAffine(img, _warp_matrix(kind, float(magnitude), h, w), (w, h),
+                        flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
+                        borderValue=tuple(float(v) for v in fill))
 
 
 def warp(img, kind, magnitude, fill):
   """One of the WARPS at `magnitude` as mmcv does it (cv2.warpAffine, bicubic,
-  outside pixels the per-channel `fill`), on uint8 values held as float32.
-  OpenCV releases the GIL, so tf.data's parallel calls run side by side."""
+  outside pixels the per-channel `fill`), on uint8 values held as float32."""
   if kind not in WARPS:
     raise ValueError(f"warp kind {kind!r}; expected one of {WARPS}.")
-  out = tf.numpy_function(functools.partial(_cv2_warp, kind=kind, fill=tuple(fill)),
-                          [img, tf.cast(magnitude, tf.float32)], tf.float32, stateful=False)
-  return tf.ensure_shape(out, img.shape)
+  return _on_uint8(functools.partial(_cv2_warp, kind=kind, fill=tuple(fill)), img,
+                   tf.cast(magnitude, tf.float32))
 
 
 def apply_op(index, img, magnitude, fill):
