@@ -125,21 +125,20 @@ def setup_logging() -> None:
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def initialize_distributed() -> None:
-  """Joins a multi-process run: from --coordinator_address (or the MIXMIM_*
-  environment variables), or on a multi-host Cloud TPU from the VM itself."""
-  import jax  # pylint: disable=import-outside-toplevel
+def initialize_distributed() -> int:
+  """Joins a multi-process run (distributed.py): from --coordinator_address (or
+  the MIXMIM_* environment variables), or from the cluster environment JAX
+  detects (a Cloud TPU VM, GKE, Slurm, ...). Returns the number of processes."""
+  from mixmim_jax import distributed  # pylint: disable=import-outside-toplevel
   address = FLAGS.coordinator_address or os.environ.get("MIXMIM_COORDINATOR_ADDRESS")
-  if address:
-    num = FLAGS.num_processes or int(os.environ.get("MIXMIM_NUM_PROCESSES", "0"))
-    pid = FLAGS.process_id if FLAGS.process_id is not None else int(
-        os.environ.get("MIXMIM_PROCESS_ID", "-1"))
-    if num < 1 or pid < 0:
-      raise UserError(f"coordinator {address} given but num_processes={num} / "
-                      f"process_id={pid}; set both (flags or MIXMIM_* env vars).")
-    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
-  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-    jax.distributed.initialize()   # multi-host Cloud TPU: everything comes from the VM
+  num = FLAGS.num_processes or int(os.environ.get("MIXMIM_NUM_PROCESSES", "0"))
+  pid = FLAGS.process_id if FLAGS.process_id is not None else int(
+      os.environ.get("MIXMIM_PROCESS_ID", "-1"))
+  try:
+    start = distributed.join(address, num, pid)
+  except ValueError as e:
+    raise UserError(str(e)) from e
+  return 1 if start is None else start.num_processes
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -178,11 +177,11 @@ def _trainer_main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   setup_logging()
-  from mixmim_jax import loop  # pylint: disable=import-outside-toplevel
-  # From here on SIGTERM and Ctrl-C stop the run cleanly, at any moment.
-  with loop.StopSignals() as signals:
+  from mixmim_jax import stopping  # pylint: disable=import-outside-toplevel
+  # From here on a stop signal (SIGTERM, Ctrl-C, ...) stops the run cleanly, at any moment.
+  with stopping.StopSignals() as signals:
     try:
-      initialize_distributed()
+      signals.shared = initialize_distributed() > 1
       import jax  # pylint: disable=import-outside-toplevel
       config = FLAGS.config
       logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__,

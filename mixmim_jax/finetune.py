@@ -17,7 +17,8 @@ import logging
 
 import jax
 
-from mixmim_jax import api, checkpointing, evaluate, loop, metrics, params_io, sharding
+from mixmim_jax import (api, checkpointing, evaluate, loop, metrics, params_io, sharding,
+                        stopping)
 from mixmim_jax.arch import ModelConfig
 from mixmim_jax.data import labeled
 from mixmim_jax.linear_probe import fold_probe
@@ -29,7 +30,7 @@ MODEL_CONFIG = "model_config.json"
 
 
 def finetune(config, workdir: str, stop_after: int | None = None,
-             signals: loop.StopSignals | None = None) -> dict:
+             signals: stopping.StopSignals | None = None) -> dict:
   """Trains to the end (or a stop request); returns the last logged scalars, the
   loss history, the evaluations ({step: result}) and the final state."""
   # ------------------------------------------------------------------ setup

@@ -1,6 +1,7 @@
 """What every trainer's loop shares around its own step: the workdir (read and
 written through etils.epath, so gs:// works like a local path), stop requests
-(SIGTERM, Ctrl-C, a Cloud TPU preemption notice), means over each logging
+(the signals of stopping.py, a preemption notice; one agreed step in a
+multi-process run), means over each logging
 interval, the finite-loss check, and when to save and stop.
 
 A trainer reads top to bottom with it:
@@ -22,17 +23,14 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import signal
-import sys
-import threading
 import time
 
 import jax
 from etils import epath
 
-from mixmim_jax import exit_codes, files, metrics
+from mixmim_jax import files, metrics
 from mixmim_jax.arch import ModelConfig
+from mixmim_jax.stopping import StopSignals, StopVote
 
 logger = logging.getLogger(__name__)
 
@@ -73,75 +71,6 @@ def check_finite(step: int, scalars: dict[str, float], where: str) -> None:
         f"{step}; stopped without saving, the last good checkpoint in {where} is kept.")
 
 
-class StopSignals:
-  """SIGTERM (Spot VMs, `kill`) and SIGINT (Ctrl-C) ask the run to stop.
-
-  Until this process has finished a step there is nothing new to save, so the
-  first signal ends it at once, even inside a long compile, where Python runs
-  no handler: a watcher thread learns of the signal through the wakeup file
-  descriptor, which the interpreter writes the moment it arrives. Afterwards
-  the first signal asks the loop to save a checkpoint and stop after the
-  current step; a second one ends the process at once.
-
-  Use as a context manager around the loop (it restores the previous handlers);
-  off the main thread (some tests) it does nothing.
-  """
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.requested = False
-    self._progress = False
-    self._installed = False
-
-  def __enter__(self):
-    if threading.current_thread() is not threading.main_thread():
-      return self
-    self._read, self._write = os.pipe()
-    os.set_blocking(self._write, False)
-    self._old_handlers = {s: signal.signal(s, lambda *_: None) for s in self.SIGNALS}
-    self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-    self._watcher = threading.Thread(target=self._watch, name="stop-signals", daemon=True)
-    self._watcher.start()
-    self._installed = True
-    return self
-
-  def __exit__(self, *exc):
-    if not self._installed:
-      return
-    signal.set_wakeup_fd(self._old_fd)
-    for s, handler in self._old_handlers.items():
-      signal.signal(s, handler)
-    os.close(self._write)            # the watcher's read returns b"": it ends
-    self._watcher.join(timeout=5)
-    os.close(self._read)
-    self._installed = False
-
-  def progress(self) -> None:
-    """A step of this process is done: from now on a stop saves first."""
-    self._progress = True
-
-  def _watch(self) -> None:
-    while True:
-      try:
-        data = os.read(self._read, 16)
-      except OSError:
-        return
-      if not data:
-        return
-      for signum in data:
-        name = signal.Signals(signum).name
-        if self.requested or not self._progress:
-          why = "again" if self.requested else "before the first step ended"
-          logger.warning("%s received %s: stopping at once; rerun the same command to "
-                         "resume from the last checkpoint.", name, why)
-          logging.shutdown()
-          sys.stdout.flush()
-          os._exit(exit_codes.STOPPED)   # pylint: disable=protected-access
-        self.requested = True
-        logger.warning("%s received: saving a checkpoint after this step, then stopping "
-                       "(send it again to stop at once).", name)
-
-
 class TrainLoop:
   """Bookkeeping of one trainer's loop from step `start` to `total_steps`."""
 
@@ -156,6 +85,7 @@ class TrainLoop:
     self._stop_after = stop_after
     self._own_signals = signals is None
     self._signals = StopSignals().__enter__() if signals is None else signals
+    self._vote = StopVote() if jax.process_count() > 1 else None
     self.history: dict[int, float] = {}
     self.last: dict[str, float] = {}
     self.save_due = self.stop_due = self.is_last = False
@@ -179,7 +109,13 @@ class TrainLoop:
     self._signals.progress()
     self._loss_sum = self._loss_sum + step_metrics["loss"]
     self.is_last = done == self.total_steps
-    self.stop_due = (self._signals.requested or self._ckpt.reached_preemption(done)
+    # Each of these is the same on every process after the same step; every
+    # process must ask the vote and the preemption sync point at every step.
+    asked = self._signals.requested
+    if self._vote is not None:
+      asked = self._vote(asked)
+    preempted = self._ckpt.reached_preemption(done)
+    self.stop_due = (asked or preempted
                      or (self._stop_after is not None and done - self.start >= self._stop_after))
     self.stopped_early = self.stop_due and not self.is_last
     self.save_due = (self.stop_due or self.is_last

@@ -11,7 +11,8 @@ import logging
 import jax
 import numpy as np
 
-from mixmim_jax import checkpointing, data, loop, masking, metrics, sharding, visualize
+from mixmim_jax import (checkpointing, data, loop, masking, metrics, sharding, stopping,
+                        visualize)
 from mixmim_jax.plan import grouping_line, make_plan
 from mixmim_jax.steps import compile_steps
 
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def train(config, workdir: str, stop_after: int | None = None,
-          signals: loop.StopSignals | None = None) -> dict:
+          signals: stopping.StopSignals | None = None) -> dict:
   """Pretrains to the end (or a stop request); returns the last logged scalars,
   the loss history ({step: loss} at every log step) and the final state.
 

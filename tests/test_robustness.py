@@ -18,28 +18,9 @@ import numpy as np
 import pytest
 
 from mixmim_jax import checkpointing, exit_codes
-import conftest
 import train_fixtures
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "fashion_mnist_pretrain.py")
-# Subprocesses share the tests' compilation cache: after the first, a run of the
-# same tiny model starts in seconds. (The compile-interrupting test goes without.)
-NO_CACHE_ENV = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-ENV = dict(NO_CACHE_ENV, **conftest.SUBPROCESS_CACHE_ENV)
-
-
-def tiny_args(data_dir, steps=4, **extra):
-  """The Fashion-MNIST recipe shrunk to seconds per step, on synthetic files."""
-  args = {
-      "data.fashion_mnist_dir": data_dir, "data.image_size": 32, "data.num_parallel_calls": 2,
-      "model.embed_dim": 16, "model.depths": "(1,1,1,1)", "model.num_heads": "(1,1,2,2)",
-      "model.window_sizes": "(4,4,2,1)", "model.decoder_dim": 32, "model.decoder_depth": 1,
-      "model.decoder_heads": 2, "batch_size": 8, "num_train_steps": steps,
-      "log_every_steps": 1, "image_every_steps": 0, "checkpoint_every_steps": 2,
-      "checkpoint_keep": 20}
-  args.update(extra)
-  return [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in args.items()]
+from cli_runs import ENV, NO_CACHE_ENV, REPO, Trainer, run_cli as _run_cli, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -142,37 +123,6 @@ def test_a_refused_resume_changes_nothing(tmp_path, data_dir):
   assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == steps
 
 
-def _run_cli(argv, timeout=600):
-  return subprocess.run([sys.executable, "-m", "mixmim_jax.main"] + argv, env=ENV, cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
-
-
-class Trainer:
-  """`python -m mixmim_jax.main` in the background, read line by line."""
-
-  def __init__(self, argv, env=None):
-    self.proc = subprocess.Popen([sys.executable, "-u", "-m", "mixmim_jax.main"] + argv,
-                                 env=env or ENV, cwd=REPO, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
-    self.lines: list[str] = []
-
-  def wait_for(self, text, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-      line = self.proc.stdout.readline()
-      if not line and self.proc.poll() is not None:
-        break
-      self.lines.append(line)
-      if text in line:
-        return line
-    raise AssertionError(f"never printed {text!r}:\n" + "".join(self.lines[-40:]))
-
-  def finish(self, timeout=300):
-    rest, _ = self.proc.communicate(timeout=timeout)
-    self.lines.append(rest)
-    return self.proc.returncode, "".join(self.lines)
-
-
 def test_ctrl_c_saves_says_so_and_stops_with_code_75(tmp_path, data_dir):
   work = str(tmp_path / "run")
   args = tiny_args(data_dir, steps=200, checkpoint_every_steps=1000) + [f"--workdir={work}"]
@@ -193,8 +143,8 @@ def test_a_second_signal_stops_at_once_inside_a_long_step():
   the second ends the process at once, from the watcher thread."""
   script = (
       "import os, signal, time\n"
-      "from mixmim_jax import loop\n"
-      "with loop.StopSignals() as s:\n"
+      "from mixmim_jax import stopping\n"
+      "with stopping.StopSignals() as s:\n"
       "  s.progress()\n"
       "  os.kill(os.getpid(), signal.SIGINT)\n"
       "  time.sleep(1)\n"
