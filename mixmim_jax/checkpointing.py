@@ -159,8 +159,11 @@ def read(directory: str, step: int = -1):
     if step not in manager.all_steps():
       raise FileNotFoundError(f"no checkpoint for step {step} in {directory!r}; it has "
                               f"steps {sorted(manager.all_steps())}.")
+    # Saved on any topology (a pod's 256 chips) and read here on one device of
+    # this host: orbax keeps a saved sharding only where this machine has it.
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(fallback_sharding=host), meta=ocp.args.JsonRestore()))
   finally:
     manager.close()
   state = jax.tree.map(np.asarray, restored["state"])
