@@ -3,9 +3,10 @@
   python -m launch.cost                      # the table in launch/README.md
   python -m launch.cost --train-gflop-per-image=X --mfu=0.35
 
-Every number below is an assumption a reader can change; the README shows
-the same arithmetic. Replace the FLOPs estimate by the per-step figure that
-`python -m mixmim_jax.aot` prints (divided by the global batch) once it exists.
+The FLOPs, the MFU and the epochs are assumptions a reader can change; every
+price names its source (PRICES). The README shows the same arithmetic. Replace
+the FLOPs estimate by the per-step figure that `python -m mixmim_jax.aot`
+prints (divided by the global batch) once it exists.
 """
 
 import argparse
@@ -44,11 +45,31 @@ def train_gflop_per_image() -> float:
   return 3 * (ENCODER_FWD_GFLOP + sum(decoder_fwd_gflop().values()))
 
 
-# List price per chip-hour in USD, on-demand, US regions, as of 2025: check current
-# pricing. Spot prices move daily; assumed here at 40 % of on-demand (the Spot VM
-# pricing page quotes discounts of 60-91 %).
-ON_DEMAND_USD = {"v4": 3.22, "v5e": 1.20, "v5p": 4.20, "v6e": 2.70}
-SPOT_FRACTION = 0.40
+# USD per chip-hour. Read on 2026-12-07 from SkyPilot's GCP catalog, which its fetcher
+# (sky/catalog/data_fetchers/fetch_gcp.py) fills from Google's Cloud Billing Catalog
+# API, the SKUs behind https://cloud.google.com/tpu/pricing. The catalog prices whole
+# slices; each figure here is a slice price divided by its chips. Spot ("Preemptible"
+# SKUs) differs by region by up to 3x (v5e: $0.21 us-central1, $0.47 us-west4, $0.60
+# us-east5; v6e: $0.65 us-central1, $1.08 us-east5, $1.89 us-south1): check your zone.
+CATALOG = ("github.com/skypilot-org/skypilot-catalog catalogs/v7/gcp/vms.csv at commit "
+           "017e2502, read 2026-12-07")
+
+
+@dataclasses.dataclass(frozen=True)
+class Price:
+  on_demand: float
+  spot: float
+  region: str
+  row: str      # the CATALOG row they come from: slice, $/hour on-demand / Spot, chips
+
+
+PRICES = {
+    "v4": Price(3.22, 0.9215, "us-central2", "tpu-v4-8: $12.88 / $3.686, 4 chips"),
+    "v5e": Price(1.20, 0.21298, "us-central1", "tpu-v5litepod-1: $1.20 / $0.21298, 1 chip"),
+    "v5p": Price(4.20, 1.68, "us-central1",
+                 "tpu-v5p-12288: $25,804.80 / $10,321.92, 6144 chips"),
+    "v6e": Price(2.70, 0.64833, "us-central1", "tpu-v6e-1: $2.70 / $0.64833, 1 chip"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +89,9 @@ def estimate(accelerator: str, gflop_per_image: float, mfu: float) -> Row:
   epoch_flop = IMAGENET_TRAIN_IMAGES * gflop_per_image * 1e9
   seconds = epoch_flop / (acc.chips * peak * 1e12 * mfu)
   chip_hours = acc.chips * seconds / 3600
-  price = ON_DEMAND_USD[acc.generation]
+  price = PRICES[acc.generation]
   return Row(accelerator, acc.chips, peak, seconds, chip_hours,
-             chip_hours * price, chip_hours * price * SPOT_FRACTION)
+             chip_hours * price.on_demand, chip_hours * price.spot)
 
 
 def table(slices: List[str], gflop_per_image: float, mfu: float, epochs: int = 300) -> str:
@@ -89,6 +110,17 @@ def table(slices: List[str], gflop_per_image: float, mfu: float, epochs: int = 3
   return "\n".join(lines)
 
 
+def price_table() -> str:
+  """Every price the cost table uses, with the CATALOG row it comes from."""
+  lines = [f"Prices from {CATALOG}:", "",
+           "| generation | region | on-demand $/chip-hour | Spot $/chip-hour "
+           "| catalog row: $/hour on-demand / Spot |",
+           "|---|---|---|---|---|"]
+  for gen, p in PRICES.items():
+    lines.append(f"| {gen} | {p.region} | {p.on_demand:.2f} | {p.spot:.4g} | {p.row} |")
+  return "\n".join(lines)
+
+
 def main():
   p = argparse.ArgumentParser(prog="python -m launch.cost", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,6 +132,8 @@ def main():
   g = a.train_gflop_per_image or train_gflop_per_image()
   print(f"training GFLOP per image: {g:.1f}, MFU {a.mfu:.0%}\n")
   print(table(a.slices, g, a.mfu, a.epochs))
+  print()
+  print(price_table())
 
 
 if __name__ == "__main__":

@@ -7,14 +7,24 @@ queued-resources create|describe|delete` and `compute tpus tpu-vm
 create|describe|delete|ssh|scp`.
 
 On every worker the launcher owns one folder, $HOME/mixmim:
-  code-<sha>/    the project at one commit (from `git archive`)
-  venv/          Python with jax[tpu] at the version requirements.txt pins
+  code-<sha>/       the project at one commit (from `git archive`), never
+                    changed once unpacked
+  venv-<env>/       Python 3.11 (uv-managed) with jax[tpu] at the pinned version
+                    and requirements.txt; <env> hashes the Python version, the jax
+                    pin and requirements.txt, so a commit that changes none of them
+                    reuses it. Never changed once `.mixmim-ready` is in it.
   logs/train-<hostname>.log   that worker's log, appended across restarts
-  train.pid      process-group id of the running trainer (for stop)
-  exit_code      written when the trainer exits (for watch)
+  train.pid         process-group id of the running trainer (for stop)
+  exit_code         written when the trainer exits (for watch)
+
+The remote scripts are one line each (gcloud passes --command to the worker's
+shell) and print machine-readable lines that tpu_watch.py parses:
+  MIXMIM_JOB RUNNING|ABSENT|EXITED <code> <hostname>       (probe)
+  MIXMIM_STOP <hostname> NOT_RUNNING|STOPPED_BY_TERM <s>|KILLED|STILL_ALIVE   (stop)
 """
 
 import dataclasses
+import hashlib
 import os
 import shlex
 from typing import List, Optional, Sequence
@@ -26,6 +36,15 @@ Command = List[str]
 GCLOUD_TPUS = ["gcloud", "compute", "tpus"]
 REMOTE_ROOT = '"$HOME/mixmim"'   # expanded by the worker's shell
 ENTRY = "mixmim_jax.main"
+UV_VERSION = "0.13.9"            # installed from PyPI on the workers
+READY_MARK = ".mixmim-ready"     # written into a venv once its install succeeded
+# `stop` waits this long after SIGTERM before SIGKILL. The trainer answers SIGTERM by
+# saving a checkpoint and exiting 75; on a multi-host slice JAX's preemption notifier
+# first agrees on a step with every host. Spot gives a VM 30 s; a planned stop can wait
+# for a checkpoint of MixMIM-B (about 1 GB to GCS), and longer buys nothing when a peer
+# is dead and the others will never reach the agreed step.
+STOP_GRACE_S = 120
+KILL_WAIT_S = 10                 # after SIGKILL, how long until we call a process stuck
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +66,8 @@ class Code:
   sha: str             # full commit id, resolved once
   jax_version: str     # pinned in requirements.txt at that commit
   staging_dir: str     # where the local archive is written
-  python: str = "python3.11"
+  python: str = "3.11"     # the Python version uv installs on the workers
+  requirements: str = ""   # requirements.txt at that commit (names the venv)
 
   @property
   def archive_name(self) -> str:
@@ -60,6 +80,15 @@ class Code:
   @property
   def remote_dir(self) -> str:
     return f"{REMOTE_ROOT}/code-{self.sha}"
+
+  @property
+  def env_id(self) -> str:
+    text = f"python {self.python}\njax {self.jax_version}\n{self.requirements}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+  @property
+  def venv(self) -> str:
+    return f"{REMOTE_ROOT}/venv-{self.env_id}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,31 +153,57 @@ def scp(s: Slice, local: str, remote: str, worker: str = "all") -> Command:
                         f"--worker={worker}"]
 
 
+# --- finding a trainer on a worker ------------------------------------------------
+
+# Shell functions for start, stop and the probe. A trainer is the process group that
+# train.pid names (checked to still run mixmim_jax.main, so a reused id after a reboot
+# is not taken for one), or a "stray": any process running one of our venvs' python on
+# mixmim_jax.main outside that group, e.g. one whose train.pid was deleted. The
+# [.] keeps pgrep from matching the shell that runs this text.
+TRAINER_FUNCTIONS = "; ".join([
+    'root="$HOME/mixmim"',
+    'pgid="$(cat "$root/train.pid" 2>/dev/null || true)"',
+    'case "$pgid" in ""|*[!0-9]*) pgid="";; esac',
+    'group_alive() { [ -n "$pgid" ] && pgrep -g "$pgid" -f "mixmim_jax[.]main" >/dev/null; }',
+    'strays() { for p in $(pgrep -f "$root/venv[^ ]*/bin/python -m mixmim_jax[.]main");'
+    ' do [ "$(ps -o pgid= -p "$p" | tr -d " ")" = "$pgid" ] || echo "$p"; done; }',
+    'alive() { group_alive || [ -n "$(strays)" ]; }',
+])
+
+
 # --- code and environment on every worker -------------------------------------
 
 def setup(s: Slice, code: Code) -> List[Command]:
-  """Pack the commit, copy it to all workers, unpack it and install the venv.
+  """Pack the commit, copy it to all workers, unpack it and build its venv.
 
-  Idempotent: a second run re-extracts the same commit and pip finds the
-  pinned packages already there.
+  Idempotent, and safe next to a running trainer: the code is unpacked into a
+  temporary folder and renamed into place, so code-<sha> is either absent or
+  whole and is never deleted; a venv marked ready is never touched again.
+  Python comes from uv (installed from PyPI), not apt: Ubuntu 22.04's only
+  python3.11 package is 3.11.0~rc1, and apt fails while unattended-upgrades
+  holds the dpkg lock on a fresh VM.
   """
   pack = ["git", "-C", code.repo, "archive", "--format=tar.gz",
           f"--prefix=code-{code.sha}/", f"--output={code.local_archive}", code.sha]
-  venv = f"{REMOTE_ROOT}/venv"
+  code_dir, venv, archive = code.remote_dir, code.venv, f'"$HOME/{code.archive_name}"'
+  uv = '"$HOME/.local/bin/uv"'
   remote = "; ".join([
       "set -e",
       f"mkdir -p {REMOTE_ROOT}",
-      f"rm -rf {code.remote_dir}",
-      f'tar -xzf "$HOME/{code.archive_name}" -C {REMOTE_ROOT}',
-      f'rm -f "$HOME/{code.archive_name}"',
-      # Ubuntu 22.04 TPU images ship Python 3.10; our pins need >= 3.11.
-      f"if ! command -v {code.python} >/dev/null; then sudo apt-get update -q"
-      f" && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
-      f" {code.python} {code.python}-venv; fi",
-      f"if [ ! -x {venv}/bin/python ]; then {code.python} -m venv {venv}; fi",
-      f"{venv}/bin/pip install -q --upgrade pip",
-      f"{venv}/bin/pip install -q {shlex.quote(f'jax[tpu]=={code.jax_version}')}"
-      f" -r {code.remote_dir}/requirements.txt",
+      f"if [ ! -d {code_dir} ]; then unpack=\"$(mktemp -d {REMOTE_ROOT}/.unpack-XXXXXX)\";"
+      f' tar -xzf {archive} -C "$unpack"; mv "$unpack/code-{code.sha}" {code_dir};'
+      ' rmdir "$unpack"; fi',
+      f"rm -f {archive}",
+      # uv from PyPI; uv's own installer (same version) where the image has no pip.
+      f'if [ "$({uv} --version 2>/dev/null | cut -d" " -f2)" != {UV_VERSION} ]; then'
+      f" python3 -m pip install -q --user uv=={UV_VERSION} ||"
+      f" curl -LsSf https://astral.sh/uv/{UV_VERSION}/install.sh | env UV_NO_MODIFY_PATH=1 sh;"
+      " fi",
+      f"if [ ! -f {venv}/{READY_MARK} ]; then"
+      f" {uv} venv -q --clear --managed-python --python {shlex.quote(code.python)} {venv};"
+      f" {uv} pip install -q --python {venv}/bin/python"
+      f" {shlex.quote(f'jax[tpu]=={code.jax_version}')} -r {code_dir}/requirements.txt;"
+      f" touch {venv}/{READY_MARK}; fi",
       f"echo {code.sha} > {REMOTE_ROOT}/COMMIT",
   ])
   return [pack, scp(s, code.local_archive, code.archive_name), ssh(s, remote)]
@@ -156,7 +211,7 @@ def setup(s: Slice, code: Code) -> List[Command]:
 
 # --- the training job ----------------------------------------------------------
 
-def train_argv(job: Job, python: str = f"{REMOTE_ROOT}/venv/bin/python") -> str:
+def train_argv(job: Job, python: str) -> str:
   args = [f"--config={job.config}", f"--workdir={job.workdir}",
           f"--config.data.data_dir={job.data_dir}", *job.overrides]
   return " ".join([python, "-m", ENTRY] + [shlex.quote(a) for a in args])
@@ -165,20 +220,26 @@ def train_argv(job: Job, python: str = f"{REMOTE_ROOT}/venv/bin/python") -> str:
 def start(s: Slice, code: Code, job: Job) -> List[Command]:
   """Start the trainer on every worker, detached from the ssh session.
 
-  setsid + nohup + redirected stdin/stdout mean the ssh returns at once and a
-  dropped connection does not kill training; the trainer's exit status lands
-  in exit_code so `watch` can tell a finished run from a crashed one.
+  Refuses on a worker where a trainer is alive (train.pid or a stray), or whose
+  venv for this commit is not ready. setsid + nohup + redirected stdin/stdout
+  mean the ssh returns at once and a dropped connection does not kill training;
+  the trainer's exit status lands in exit_code so `watch` can tell a finished
+  run from a crashed one.
   """
   pid = f"{REMOTE_ROOT}/train.pid"
   log = f'{REMOTE_ROOT}/logs/train-"$(hostname)".log'
-  inner = f"{train_argv(job)}; echo $? > {REMOTE_ROOT}/exit_code"
+  inner = f"{train_argv(job, f'{code.venv}/bin/python')}; echo $? > {REMOTE_ROOT}/exit_code"
   remote = "; ".join([
+      TRAINER_FUNCTIONS,
       "set -e",
+      "if alive; then"
+      ' echo "mixmim: training is already running on $(hostname); run stop first" >&2;'
+      " exit 1; fi",
+      f"if [ ! -f {code.venv}/{READY_MARK} ]; then"
+      f' echo "mixmim: $(hostname) has no environment for commit {code.sha[:12]};'
+      ' run setup first" >&2; exit 1; fi',
       f"cd {code.remote_dir}",
       f"mkdir -p {REMOTE_ROOT}/logs",
-      f'if [ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; then'
-      f' echo "mixmim: training is already running on $(hostname); run stop first" >&2;'
-      " exit 1; fi",
       f"rm -f {REMOTE_ROOT}/exit_code",
       f'echo "=== mixmim start $(date -u +%Y-%m-%dT%H:%M:%SZ) commit {code.sha} ===" >> {log}',
       # $! is setsid's pid, which becomes the session and process-group leader.
@@ -187,18 +248,44 @@ def start(s: Slice, code: Code, job: Job) -> List[Command]:
   return [ssh(s, remote)]
 
 
-def stop(s: Slice) -> List[Command]:
-  """Kill the trainer's process group on every worker (by its recorded id)."""
-  pid = f"{REMOTE_ROOT}/train.pid"
-  remote = (f'if [ -f {pid} ]; then kill -TERM -- "-$(cat {pid})" 2>/dev/null || true;'
-            f" rm -f {pid}; fi")
-  return [ssh(s, remote)]
+def stop_script(grace_s: int = STOP_GRACE_S) -> str:
+  """SIGTERM to the trainer, up to grace_s seconds, then SIGKILL; one line of result.
+
+  train.pid is deleted only once no trainer is left, so a trainer that outlives
+  the stop can still be found and stopped again.
+  """
+  wait = 'waited=0; while alive && [ "$waited" -lt {} ]; do sleep 1; waited=$((waited + 1)); done'
+  return "; ".join([
+      TRAINER_FUNCTIONS,
+      'host="$(hostname)"',
+      'signal() { if group_alive; then kill -s "$1" -- "-$pgid" 2>/dev/null || true; fi;'
+      ' for p in $(strays); do kill -s "$1" "$p" 2>/dev/null || true; done; }',
+      'if ! alive; then rm -f "$root/train.pid"; echo "MIXMIM_STOP $host NOT_RUNNING"; exit 0; fi',
+      "signal TERM",
+      wait.format(int(grace_s)),
+      'if ! alive; then rm -f "$root/train.pid";'
+      ' echo "MIXMIM_STOP $host STOPPED_BY_TERM $waited"; exit 0; fi',
+      "signal KILL",
+      wait.format(KILL_WAIT_S),
+      'if alive; then echo "MIXMIM_STOP $host STILL_ALIVE"; exit 1; fi',
+      'rm -f "$root/train.pid"; echo "MIXMIM_STOP $host KILLED"',
+  ])
 
 
-# The probe prints one line per worker; see tpu_watch.parse_probe.
-PROBE = (f"if [ -f {REMOTE_ROOT}/exit_code ]; then echo \"MIXMIM_JOB EXITED $(cat {REMOTE_ROOT}/exit_code)\";"
-         f" elif [ -f {REMOTE_ROOT}/train.pid ] && kill -0 \"$(cat {REMOTE_ROOT}/train.pid)\" 2>/dev/null;"
-         " then echo 'MIXMIM_JOB RUNNING'; else echo 'MIXMIM_JOB ABSENT'; fi")
+def stop(s: Slice, grace_s: int = STOP_GRACE_S) -> List[Command]:
+  """Stop the trainer on every worker: SIGTERM, grace_s seconds, SIGKILL."""
+  return [ssh(s, stop_script(grace_s))]
+
+
+# The probe prints one line per worker; see tpu_watch.parse_probe. A live trainer
+# wins over an old exit_code: it is what `watch` must never start over.
+PROBE = "; ".join([
+    TRAINER_FUNCTIONS,
+    'host="$(hostname)"',
+    'if alive; then echo "MIXMIM_JOB RUNNING $host";'
+    ' elif [ -f "$root/exit_code" ]; then echo "MIXMIM_JOB EXITED $(cat "$root/exit_code") $host";'
+    ' else echo "MIXMIM_JOB ABSENT $host"; fi',
+])
 
 
 def probe(s: Slice) -> Command:
