@@ -17,13 +17,18 @@ WITH_TCMALLOC := LD_PRELOAD="$$(ls /usr/lib/*/libtcmalloc_minimal.so.4 2>/dev/nu
   TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test setup setup-test system-packages
+.PHONY: run test test-all setup setup-test system-packages
 
 run: setup
 	$(WITH_TCMALLOC) $(PY) -m mixmim_jax.main --config=configs/fashion_mnist_pretrain.py --workdir=$(WORKDIR)
 
 test: setup-test
 	$(PY) -m pytest -q
+
+# Also the slow tests (pytest.ini keeps them out of `make test`; each has a faster
+# test in the default run that covers the same behaviour).
+test-all: setup-test
+	$(PY) -m pytest -q -m "slow or not slow"
 
 system-packages:
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
