@@ -236,12 +236,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_tool(tool_main, checkpoint_flag: str) -> None:
-  """An absl program with --config and --checkpoint (evaluate): errors a user
-  can fix are one sentence and exit code 1."""
+  """An absl program with --config and --checkpoint or --model (evaluate):
+  errors a user can fix are one sentence and exit code 1."""
   _define("config", lambda: config_flags.DEFINE_config_file(
       "config", None, "A configs/*_finetune.py or *_linprobe.py."))
   _define("checkpoint", lambda: flags.DEFINE_string("checkpoint", None, checkpoint_flag))
-  flags.mark_flags_as_required(["config", "checkpoint"])
+  _define("model", lambda: flags.DEFINE_string(
+      "model", None, "a published model's name instead of --checkpoint "
+      "(python -m mixmim_jax.predict --list)."))
+  flags.mark_flags_as_required(["config"])
+  flags.mark_flags_as_mutual_exclusive(["checkpoint", "model"], required=True)
   _preflight(sys.argv)
 
   def wrapped(argv):
@@ -253,3 +257,12 @@ def run_tool(tool_main, checkpoint_flag: str) -> None:
       sys.exit(exit_codes.ERROR)
 
   app.run(wrapped)
+
+
+def checkpoint_or_model() -> str:
+  """What a tool's --checkpoint or --model names (a model name is resolved
+  where every source is: params_io.read)."""
+  if FLAGS.model is not None:
+    from mixmim_jax import hub  # pylint: disable=import-outside-toplevel
+    return hub.lookup(FLAGS.model).name
+  return FLAGS.checkpoint

@@ -2,11 +2,14 @@
 
   python -m mixmim_jax.evaluate --checkpoint=CKPT --config=configs/base_finetune.py \\
       [--config.data.data_dir=...]
+  python -m mixmim_jax.evaluate --model=NAME --config=configs/base_finetune.py  # published
 
-CKPT is a params file (.msgpack: mixmim_jax.export / convert / a fine-tune run's
-final.msgpack), a PyTorch classifier checkpoint (.pth), or a fine-tune workdir
-(its latest checkpoint). The config supplies the data (source, eval split, image
-size, normalization), eval_batch_size and the mesh. Each process reads its own
+CKPT is a published model's name (python -m mixmim_jax.predict --list; its
+weights are downloaded once; --model=NAME says the same), a params file
+(.msgpack: mixmim_jax.export / convert / a fine-tune run's final.msgpack), a
+PyTorch classifier checkpoint (.pth), or a fine-tune workdir (its latest
+checkpoint). The config supplies the data (source, eval split, image size,
+normalization), eval_batch_size and the mesh. Each process reads its own
 examples; the last batches are padded to a common count and masked, so N images
 give exactly N scores however N divides the batch, the devices and the hosts.
 An image that cannot be decoded is not scored, and the result names it.
@@ -87,11 +90,13 @@ def evaluate_checkpoint(path: str, config) -> dict:
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   del argv
-  result = evaluate_checkpoint(flags.FLAGS.checkpoint, flags.FLAGS.config)
+  from mixmim_jax import cli  # pylint: disable=import-outside-toplevel
+  result = evaluate_checkpoint(cli.checkpoint_or_model(), flags.FLAGS.config)
   if jax.process_index() == 0:
     print(summary(result), flush=True)
 
 
 if __name__ == "__main__":
   from mixmim_jax import cli  # pylint: disable=ungrouped-imports
-  cli.run_tool(main, checkpoint_flag="params file, .pth, or fine-tune workdir.")
+  cli.run_tool(main, checkpoint_flag="params file, .pth, fine-tune workdir, or a published "
+                                     "model's name.")

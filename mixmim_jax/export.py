@@ -1,12 +1,15 @@
 """Export a model to one self-describing params file, and load it back.
 
   python -m mixmim_jax.export --checkpoint=SRC --out=model.msgpack [--encoder-only]
+  python -m mixmim_jax.export --model=NAME --out=model.msgpack   # a published model
 
-SRC: a fine-tune workdir (its latest checkpoint; a linear probe's normalization
-is folded into the head), a pretraining workdir (the encoder is kept, the
+SRC: a published model's name (python -m mixmim_jax.predict --list), a
+fine-tune workdir (its latest checkpoint; a linear probe's normalization is
+folded into the head), a pretraining workdir (the encoder is kept, the
 decoder dropped), a PyTorch checkpoint (.pth) or another params file. The
 output is the msgpack file of `params_io`: the arch config, the kind
-("classifier" = encoder + head, or "encoder") and the parameters, float32.
+("classifier" = encoder + head, or "encoder"), the parameters, float32, and
+the class names when the source records them.
 
 In Python:
 
@@ -22,16 +25,15 @@ import sys
 import jax
 import numpy as np
 
-from mixmim_jax import api, params_io
+from mixmim_jax import api, hub, params_io
 from mixmim_jax.params_io import ParamsFile
 
 
 def load(path: str) -> ParamsFile:
-  """(config, kind, params) of an exported file (or of any checkpoint
-  params_io.read_checkpoint reads: a workdir, a .pth); config rebuilds the
+  """(config, kind, params, classes) of an exported file (or of any checkpoint
+  params_io.read reads: a workdir, a .pth, a model name); config rebuilds the
   exact model."""
-  cfg, kind, params, _ = params_io.read_checkpoint(path)
-  return ParamsFile(cfg, kind, params)
+  return params_io.read(path)[0]
 
 
 def logits(model: ParamsFile, images) -> jax.Array:
@@ -42,29 +44,34 @@ def logits(model: ParamsFile, images) -> jax.Array:
 
 def export(source: str, out: str, encoder_only: bool = False, step: int = -1) -> ParamsFile:
   """Writes `out` from any supported checkpoint; returns what was written."""
-  cfg, kind, params, where = params_io.read_checkpoint(source, step)
+  (cfg, kind, params, classes), where = params_io.read(source, step)
   if kind == "pretrain" or encoder_only or cfg.num_classes == 0:
     kind, cfg, params = "encoder", cfg.replace(num_classes=0), {"encoder": params["encoder"]}
+    classes = None
   else:
     kind, params = "classifier", {"encoder": params["encoder"], "head": params["head"]}
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-  params_io.save_params(out, cfg, kind, params)
+  params_io.save_params(out, cfg, kind, params, classes=classes)
   print(f"{where}: {kind} with {sum(x.size for x in jax.tree.leaves(params)):,} parameters "
         f"({cfg.num_classes} classes, {cfg.img_size} px) -> {out}")
-  return ParamsFile(cfg, kind, params)
+  return ParamsFile(cfg, kind, params, classes)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m mixmim_jax.export",
                                    description=__doc__.split("\n\n")[0])
-  parser.add_argument("--checkpoint", required=True,
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--checkpoint",
                       help="fine-tune or pretraining workdir, .pth, or params file")
+  source.add_argument("--model", help="a published model's name (python -m mixmim_jax.predict "
+                                      "--list); its weights are downloaded once")
   parser.add_argument("--out", required=True, help="the .msgpack file to write")
   parser.add_argument("--encoder-only", action="store_true", help="drop the head")
   parser.add_argument("--step", type=int, default=-1, help="workdir checkpoint step")
   args = parser.parse_args(argv)
   try:
-    export(args.checkpoint, args.out, args.encoder_only, args.step)
+    source = args.checkpoint or hub.lookup(args.model).name
+    export(source, args.out, args.encoder_only, args.step)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -9,6 +9,15 @@ import os
 from etils import epath
 
 
+HOME_ENV = "MIXMIM_JAX_HOME"
+
+
+def user_cache() -> epath.Path:
+  """This user's cache of downloads and compiled programs: $MIXMIM_JAX_HOME,
+  default ~/.cache/mixmim_jax."""
+  return epath.Path(os.environ.get(HOME_ENV) or "~/.cache/mixmim_jax").expanduser()
+
+
 def is_remote(path) -> bool:
   return "://" in str(path)
 

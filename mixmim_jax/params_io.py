@@ -1,7 +1,8 @@
 """Weights in and out, in one place: our one-file params format (msgpack holding
-the arch config, the model kind and the parameter tree), reading weights from
-any source (a trainer's workdir, a params file, a PyTorch checkpoint), and
-adapting them to a target model for fine-tuning.
+the arch config, the model kind, the parameter tree and, when known, the class
+names), reading weights from any source (a trainer's workdir, a params file, a
+PyTorch checkpoint, a published model's name), and adapting them to a target
+model for fine-tuning.
 
 Every path goes through etils.epath, so gs:// works wherever a local path does.
 
@@ -23,7 +24,7 @@ import numpy as np
 from etils import epath
 from flax import serialization, traverse_util
 
-from mixmim_jax import checkpointing, files, init_schemes
+from mixmim_jax import checkpointing, files, hub, init_schemes
 from mixmim_jax.arch import ModelConfig
 from mixmim_jax.linear_probe import fold_probe
 
@@ -40,19 +41,27 @@ class ParamsFile(NamedTuple):
   config: ModelConfig
   kind: str            # "pretrain" (encoder + decoder), "classifier" or "encoder"
   params: dict
+  classes: tuple[str, ...] | None = None   # the head's class names, when recorded
 
 
 # ------------------------------------------------------------ our params files
 
-def save_params(path: str, config: ModelConfig, kind: str, params: Mapping[str, Any]) -> None:
+def save_params(path: str, config: ModelConfig, kind: str, params: Mapping[str, Any],
+                classes=None) -> None:
   """Writes atomically (temp file + rename) so an interrupted save never leaves a
-  truncated file where a good one was."""
+  truncated file where a good one was. `classes` (names of the head's classes)
+  is an optional entry: files without it read as before, and older readers
+  ignore it, so the format version stays 1."""
   if kind not in KINDS:
     raise ValueError(f"kind {kind!r} is not one of {KINDS}.")
   host = jax.tree.map(np.asarray, dict(params))
-  blob = serialization.msgpack_serialize({
-      "format_version": FORMAT_VERSION, "config": config.to_json(), "kind": kind,
-      "params": host})
+  entries = {"format_version": FORMAT_VERSION, "config": config.to_json(), "kind": kind,
+             "params": host}
+  if classes is not None:
+    if len(classes) != config.num_classes:
+      raise ValueError(f"{len(classes)} class names for a {config.num_classes}-class head.")
+    entries["classes"] = [str(c) for c in classes]
+  blob = serialization.msgpack_serialize(entries)
   parent = epath.Path(path).parent
   if not files.is_remote(path) and not parent.exists():
     raise FileNotFoundError(f"cannot write {path!r}: its directory {str(parent)!r} "
@@ -73,7 +82,9 @@ def load_params(path: str) -> ParamsFile:
   if not isinstance(blob, dict) or "config" not in blob or "params" not in blob:
     raise ValueError(f"{path!r} is msgpack but not a mixmim_jax params file "
                      "(no 'config'/'params' entries).")
-  return ParamsFile(ModelConfig.from_json(blob["config"]), blob["kind"], blob["params"])
+  classes = blob.get("classes")      # absent in files without names (and older files)
+  return ParamsFile(ModelConfig.from_json(blob["config"]), blob["kind"], blob["params"],
+                    tuple(classes) if classes else None)
 
 
 # ------------------------------------------------------------ any source
@@ -90,17 +101,45 @@ def _from_workdir(path: str, step: int):
   return cfg, kind, params, f"{task} checkpoint {where}"
 
 
-def read_checkpoint(path: str, step: int = -1):
-  """(config, kind, params, description) from a trainer's workdir (its latest
-  checkpoint, or `step`), a PyTorch checkpoint (.pth/.pt) or a params file."""
+def recorded_classes(checkpoint) -> tuple[str, ...] | None:
+  """Class names a PyTorch checkpoint records, where mmpretrain's get_model
+  looks: meta.dataset_meta.classes (mmpretrain 1.x), else meta.CLASSES (mmcls 0.x)."""
+  meta = checkpoint.get("meta") if isinstance(checkpoint, Mapping) else None
+  if not isinstance(meta, Mapping):
+    return None
+  dataset_meta = meta.get("dataset_meta")
+  classes = dataset_meta.get("classes") if isinstance(dataset_meta, Mapping) else None
+  classes = classes if classes is not None else meta.get("CLASSES")
+  return tuple(str(c) for c in classes) if classes is not None else None
+
+
+def read(path: str, step: int = -1) -> tuple[ParamsFile, str]:
+  """(ParamsFile, description) from a published model's name (hub.get_model),
+  a trainer's workdir (its latest checkpoint, or `step`), a PyTorch checkpoint
+  (.pth/.pt, with the class names it records) or a params file."""
+  entry = hub.entry_for(path)
+  if entry is not None:
+    return hub.get_model(entry.name), f"published model {entry.name}"
   if epath.Path(path).is_dir():
-    return _from_workdir(path, step)
+    cfg, kind, params, where = _from_workdir(path, step)
+    return ParamsFile(cfg, kind, params), where
   if path.endswith(TORCH_SUFFIXES):
     from mixmim_jax import convert  # pylint: disable=import-outside-toplevel
-    cfg, kind, params, fmt = convert.import_state_dict(convert.load_torch_checkpoint(path))
-    return cfg, kind, params, f"{fmt} PyTorch checkpoint {path}"
-  loaded = load_params(path)
-  return loaded.config, loaded.kind, loaded.params, f"params file {path}"
+    checkpoint = convert.load_torch_checkpoint(path)
+    cfg, kind, params, fmt = convert.import_state_dict(checkpoint)
+    classes = recorded_classes(checkpoint) if kind == "classifier" else None
+    if classes is not None and len(classes) != cfg.num_classes:
+      logger.warning("%s records %d class names for a %d-class head; they are not used",
+                     path, len(classes), cfg.num_classes)
+      classes = None
+    return ParamsFile(cfg, kind, params, classes), f"{fmt} PyTorch checkpoint {path}"
+  return load_params(path), f"params file {path}"
+
+
+def read_checkpoint(path: str, step: int = -1):
+  """(config, kind, params, description) of `read`."""
+  loaded, where = read(path, step)
+  return loaded.config, loaded.kind, loaded.params, where
 
 
 # ------------------------------------------------------------ adapting
