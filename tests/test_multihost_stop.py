@@ -25,7 +25,8 @@ from mixmim_jax import checkpointing, exit_codes
 import train_fixtures
 from cli_runs import ENV, Trainer, tiny_args
 
-# Each stop comes at most ~12 steps into its job (20 s, 15 of them compiling).
+# Each stop comes at most ~12 steps into its job (a signal 6 steps in, then
+# JAX's notifier, which looks once a second, and the vote's one step).
 STEPS_PER_STOP = 12
 PAIR_ENV = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=2")
 
@@ -61,14 +62,18 @@ def _finish(pair) -> list[tuple[int, str]]:
 
 
 def _stop_one(data_dir, work, steps, sig, rng) -> int:
-  """Starts (or resumes) the pair, signals one process at a random moment after
-  both joined, and returns the step both stopped at."""
+  """Starts (or resumes) the pair, signals one process at a random moment
+  after both joined (while compiling, or 1-6 steps into the job) and returns
+  the step both stopped at."""
   before = _steps_saved(work)
   pair = _pair(data_dir, work, steps)
   for t in pair:
     t.wait_for("2 processes, 4 devices")             # both joined the run
-  target, delay = rng.randrange(2), rng.uniform(0.0, 20.0)   # compile takes ~15 s
-  what = f"{sig.name} to process {target} {delay:.1f} s after both joined"
+  target, into = rng.randrange(2), rng.randrange(7)
+  if into:                                           # only process 0 prints steps
+    pair[0].wait_for(f"step {before[-1] + into if before else into:7d}/{steps}")
+  delay = rng.uniform(0.0, 3.0 if into == 0 else 0.5)
+  what = f"{sig.name} to process {target}, {into} steps into the job + {delay:.2f} s"
   time.sleep(delay)
   pair[target].proc.send_signal(sig)
   (code0, out0), (code1, out1) = _finish(pair)
