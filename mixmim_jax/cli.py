@@ -20,6 +20,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from mixmim_jax import startup  # noqa: E402  (first: it notes when the process started)
 from absl import app, flags  # noqa: E402
 from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -184,6 +185,7 @@ def _trainer_main(argv) -> None:
       signals.shared = initialize_distributed() > 1
       import jax  # pylint: disable=import-outside-toplevel
       config = FLAGS.config
+      startup.enable_cache(config.get("compile_cache", "auto"), FLAGS.workdir)
       logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__,
                    jax.process_count(), jax.device_count(), jax.devices()[0].platform)
       result = run_trainer(config, FLAGS.workdir, signals=signals)

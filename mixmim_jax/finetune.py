@@ -18,7 +18,7 @@ import logging
 import jax
 
 from mixmim_jax import (api, checkpointing, evaluate, loop, metrics, params_io, sharding,
-                        stopping)
+                        startup, stopping)
 from mixmim_jax.arch import ModelConfig
 from mixmim_jax.data import labeled
 from mixmim_jax.linear_probe import fold_probe
@@ -34,6 +34,8 @@ def finetune(config, workdir: str, stop_after: int | None = None,
   """Trains to the end (or a stop request); returns the last logged scalars, the
   loss history, the evaluations ({step: result}) and the final state."""
   # ------------------------------------------------------------------ setup
+  clock = startup.StartupClock()
+  clock.mark("imports")                  # everything before this function
   run_dir = loop.Workdir(workdir)
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)
@@ -45,6 +47,7 @@ def finetune(config, workdir: str, stop_after: int | None = None,
   if is_main:
     print(config, flush=True)
   kind = model_kind(plan, config)
+  clock.mark("setup")
 
   # ------------------------------------------------------------------ state
   ckpt = checkpointing.Checkpointer(checkpointing.directory_of(workdir),
@@ -80,7 +83,8 @@ def finetune(config, workdir: str, stop_after: int | None = None,
   logger.info("%s: %d examples, %d classes; %d steps (%d per epoch, %d warmup), lr %.3g",
               config.task, info.num_examples, info.num_classes, plan.total_steps,
               plan.steps_per_epoch, plan.warmup_steps, plan.lr)
-  start = int(jax.device_get(state.step))
+  start = int(jax.device_get(jax.block_until_ready(state).step))
+  clock.mark("restore" if start else "init")
 
   # ------------------------------------------------------------------ data
   batches = labeled.train_batches(
@@ -89,7 +93,7 @@ def finetune(config, workdir: str, stop_after: int | None = None,
       process_count=jax.process_count(), start_step=start)
   writer = metrics.MetricWriter(run_dir.join("tensorboard"), enabled=is_main)
   run = loop.TrainLoop(config, run_dir, plan.total_steps, start, ckpt, writer, stop_after,
-                       signals)
+                       signals, clock)
   step_key = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   def run_eval(step):

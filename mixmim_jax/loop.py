@@ -30,6 +30,7 @@ from etils import epath
 
 from mixmim_jax import files, metrics
 from mixmim_jax.arch import ModelConfig
+from mixmim_jax.startup import StartupClock
 from mixmim_jax.stopping import StopSignals, StopVote
 
 logger = logging.getLogger(__name__)
@@ -76,9 +77,11 @@ class TrainLoop:
 
   def __init__(self, config, workdir: Workdir, total_steps: int, start: int, checkpointer,
                writer: metrics.MetricWriter, stop_after: int | None = None,
-               signals: StopSignals | None = None):
+               signals: StopSignals | None = None, clock: StartupClock | None = None):
     """`signals`: the program's (cli.py installs them for the whole run);
-    without, the loop installs its own for its lifetime."""
+    without, the loop installs its own for its lifetime. `clock`: the
+    trainer's start-up so far; the loop books the first batch and the first
+    step to it and logs the time to the first step."""
     self._config, self._workdir = config, workdir
     self.total_steps, self.start = total_steps, start
     self._ckpt, self._writer = checkpointer, writer
@@ -86,6 +89,7 @@ class TrainLoop:
     self._own_signals = signals is None
     self._signals = StopSignals().__enter__() if signals is None else signals
     self._vote = StopVote() if jax.process_count() > 1 else None
+    self._clock = clock
     self.history: dict[int, float] = {}
     self.last: dict[str, float] = {}
     self.save_due = self.stop_due = self.is_last = False
@@ -100,6 +104,8 @@ class TrainLoop:
     t0 = time.perf_counter()
     batch = next(batches)
     self._data_wait += time.perf_counter() - t0
+    if self._clock is not None and "data pipeline" not in self._clock.phases:
+      self._clock.mark("data pipeline")    # up to the first batch
     return batch
 
   def after_step(self, step: int, step_metrics: dict, **extra_scalars) -> int:
@@ -124,6 +130,9 @@ class TrainLoop:
     if (self.save_due or done == self.start + 1
         or done % self._config.log_every_steps == 0):
       self._log(done, step_metrics, extra_scalars)
+    if self._clock is not None and done == self.start + 1:
+      self._clock.mark("first step")       # the log above waited for it
+      logger.info("%s", self._clock.report())
     return done
 
   def _log(self, done: int, step_metrics: dict, extra: dict) -> None:

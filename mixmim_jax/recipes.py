@@ -37,6 +37,9 @@ def _run_fields(c: ml_collections.ConfigDict, keep: int) -> None:
   c.checkpoint_keep = keep
   c.checkpoint_async = True
   c.log_every_steps = 50
+  # Compiled programs kept across restarts (startup.py): "auto" is
+  # JAX_COMPILATION_CACHE_DIR when set, else WORKDIR/compile_cache; a path; "off".
+  c.compile_cache = "auto"
 
 
 def pretrain_defaults() -> ml_collections.ConfigDict:

@@ -11,8 +11,8 @@ import logging
 import jax
 import numpy as np
 
-from mixmim_jax import (checkpointing, data, loop, masking, metrics, sharding, stopping,
-                        visualize)
+from mixmim_jax import (checkpointing, data, loop, masking, metrics, sharding, startup,
+                        stopping, visualize)
 from mixmim_jax.plan import grouping_line, make_plan
 from mixmim_jax.steps import compile_steps
 
@@ -27,6 +27,8 @@ def train(config, workdir: str, stop_after: int | None = None,
   `stop_after` ends this job after that many steps as if preempted (checkpoint,
   then return): for time-limited jobs and the resume tests."""
   # ------------------------------------------------------------------ setup
+  clock = startup.StartupClock()
+  clock.mark("imports")                  # everything before this function
   run_dir = loop.Workdir(workdir)
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)
@@ -40,6 +42,7 @@ def train(config, workdir: str, stop_after: int | None = None,
               plan.lr, plan.per_device_batch)
   logger.info("%s", grouping_line(plan))
   fns = compile_steps(plan, config, mesh)
+  clock.mark("setup")
 
   # ------------------------------------------------------------------ state
   ckpt = checkpointing.Checkpointer(checkpointing.directory_of(workdir),
@@ -52,9 +55,10 @@ def train(config, workdir: str, stop_after: int | None = None,
     state = fns.init(init_key)
     logger.info("initialised a new %.2f M-parameter model",
                 sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
+  start = int(jax.device_get(jax.block_until_ready(state).step))
+  clock.mark("restore" if start else "init")
   if is_main:
     run_dir.write_config(config)
-  start = int(jax.device_get(state.step))
 
   # ------------------------------------------------------------------ data
   batches = data.pretrain_batches(
@@ -62,7 +66,7 @@ def train(config, workdir: str, stop_after: int | None = None,
       process_index=jax.process_index(), process_count=jax.process_count(), start_step=start)
   writer = metrics.MetricWriter(run_dir.join("tensorboard"), enabled=is_main)
   run = loop.TrainLoop(config, run_dir, plan.total_steps, start, ckpt, writer, stop_after,
-                       signals)
+                       signals, clock)
 
   # ------------------------------------------------------------------ loop
   for step in range(start, plan.total_steps):
