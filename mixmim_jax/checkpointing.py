@@ -46,6 +46,9 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=self._keep, create=True, enable_async_checkpointing=self._async)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # orbax asks JAX's preemption sync point with the global step inside save();
+    # that point must see only the loop's count of this job's steps (stopping.py).
+    self._manager.reached_preemption = lambda step: False
 
   def committed(self, step: int) -> bool:
     """Whether the checkpoint of `step` is complete: locally orbax renames it
@@ -71,9 +74,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def reached_preemption(self, step: int) -> bool:
-    """True when the platform (e.g. a Cloud TPU maintenance event) asked to stop."""
-    return self._manager.reached_preemption(step)
 
   def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
     saved = self._manager.save(

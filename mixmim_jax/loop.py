@@ -31,7 +31,7 @@ from etils import epath
 from mixmim_jax import files, metrics
 from mixmim_jax.arch import ModelConfig
 from mixmim_jax.startup import StartupClock
-from mixmim_jax.stopping import StopSignals, StopVote
+from mixmim_jax.stopping import StopSignals, StopVote, preemption_sync_point
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class TrainLoop:
     asked = self._signals.requested
     if self._vote is not None:
       asked = self._vote(asked)
-    preempted = self._ckpt.reached_preemption(done)
+    preempted = preemption_sync_point(done - self.start)
     self.stop_due = (asked or preempted
                      or (self._stop_after is not None and done - self.start >= self._stop_after))
     self.stopped_early = self.stop_due and not self.is_last

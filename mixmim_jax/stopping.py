@@ -10,9 +10,13 @@ Agreement: in a multi-process run every process must save the same step
 (orbax's save is collective) and then stop; a signal reaches one host, or each
 host at its own moment. Two mechanisms, both giving every process the same
 answer after the same step:
-- JAX's preemption sync point (`Checkpointer.reached_preemption`): JAX's
-  distributed runtime takes SIGTERM itself (its notifier replaces our
-  handler) and agrees on the step through its coordination service;
+- JAX's preemption sync point (`preemption_sync_point`): JAX's distributed
+  runtime takes SIGTERM itself (its notifier replaces our handler) and agrees
+  on a step through its coordination service: the largest step count any
+  process reported, plus one. It must be asked at every step with a count
+  that starts from 0 in every process of a job: a job resumed at step 4000
+  whose notice came before its first step would otherwise wait for step 1
+  forever. So it is asked with the number of steps this job has done.
 - `StopVote` for the signals that reach us: each step, every process adds its
   own request to a max-reduction on the devices; the result is read one step
   later (long done by then, so the loop never waits for it).
@@ -108,6 +112,16 @@ class StopSignals:
         logger.warning("%s received: saving a checkpoint after %s, then stopping "
                        "(send it again to stop at once).", name,
                        "a step all processes agree on" if self.shared else "this step")
+
+
+def preemption_sync_point(steps_this_job: int) -> bool:
+  """Whether JAX's preemption sync point is this step (always False without
+  JAX's distributed runtime)."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  try:
+    return multihost_utils.reached_preemption_sync_point(steps_this_job)
+  except RuntimeError:        # no distributed runtime, or its preemption service is off
+    return False
 
 
 class StopVote:
