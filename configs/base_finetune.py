@@ -15,7 +15,7 @@ relative position tables are resized from the 224-px checkpoint on load; their
 eval at 384 resizes the short side to 384 and takes the centre 384 crop, crop_pct
 1.0): 86.3 % for their 600-epoch B.
 """
-from mixmim_jax.recipes import finetune_defaults
+from mixmim_jax.training.recipes import finetune_defaults
 
 
 def get_config(arg: str = ""):

@@ -8,7 +8,7 @@ Frozen encoder; mean token -> BatchNorm without affine -> Linear; LARS lr
 RandomResizedCrop + flip only. Neither reference publishes a MixMIM-B linear
 probe number; MAE-style hierarchical encoders are known to be weak here.
 """
-from mixmim_jax.recipes import linprobe_defaults
+from mixmim_jax.training.recipes import linprobe_defaults
 
 
 def get_config():

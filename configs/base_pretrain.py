@@ -19,7 +19,7 @@ is faster.
 As shipped (remat, scanned stacks): 10.01 GiB per v4 chip (31 %), 4.37 GiB per
 v5e chip (27 %), 142 GFLOP per image (AOT, BENCHMARKS.md).
 """
-from mixmim_jax.recipes import pretrain_defaults
+from mixmim_jax.training.recipes import pretrain_defaults
 
 
 def get_config():

@@ -14,7 +14,7 @@ pullover or a coat), and the lr per image is 16x ImageNet's. AdamW, layer decay
 0.75, label smoothing 0.1 stay. Evaluated on the 10,000 test
 images (resized, no crop). docs/FINETUNE.md has the measured table (3 seeds).
 """
-from mixmim_jax.recipes import fashion_mnist_small, finetune_defaults
+from mixmim_jax.training.recipes import fashion_mnist_small, finetune_defaults
 
 
 def get_config(arg: str = ""):

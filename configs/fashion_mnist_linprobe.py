@@ -11,7 +11,7 @@ in 3 epochs);
 `--config.optim.name=lars --config.optim.base_lr=0.1` gives MAE's optimizer.
 See docs/FINETUNE.md for measured figures.
 """
-from mixmim_jax.recipes import fashion_mnist_small, linprobe_defaults
+from mixmim_jax.training.recipes import fashion_mnist_small, linprobe_defaults
 
 
 def get_config(arg: str = ""):

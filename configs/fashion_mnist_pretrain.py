@@ -14,7 +14,7 @@ Expected (measured on 2 CPU cores, `make run`): 750 steps of 32 images, about
 for the whole command by the machine's load; the norm-pix loss goes from 1.22
 (step 1) and 0.94 (mean of steps 1-50) to 0.73 (mean of steps 701-750).
 """
-from mixmim_jax.recipes import pretrain_defaults
+from mixmim_jax.training.recipes import pretrain_defaults
 
 
 def get_config(arg: str = ""):

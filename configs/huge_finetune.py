@@ -7,7 +7,7 @@ No published reference number; 50 epochs, drop path 0.3, layer decay 0.8 (the
 large model's values, deeper regularisation for the wider model). bfloat16,
 rematerialised blocks, FSDP over 4 chips.
 """
-from mixmim_jax.recipes import finetune_defaults
+from mixmim_jax.training.recipes import finetune_defaults
 
 
 def get_config():

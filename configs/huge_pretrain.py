@@ -6,7 +6,7 @@
 Parameters and AdamW moments are sharded over 4 chips (FSDP), blocks are
 rematerialised and compute runs in bfloat16 so that a per-chip batch of 32 fits.
 """
-from mixmim_jax.recipes import pretrain_defaults
+from mixmim_jax.training.recipes import pretrain_defaults
 
 
 def get_config():

@@ -7,7 +7,7 @@ The authors fine-tune L for 50 epochs with drop path 0.2 and layer decay 0.8
 after 600 pretraining epochs (85.9 % top-1); those are the values set here.
 bfloat16 compute; parameters and AdamW moments sharded over 2 chips (FSDP).
 """
-from mixmim_jax.recipes import finetune_defaults
+from mixmim_jax.training.recipes import finetune_defaults
 
 
 def get_config():

@@ -7,7 +7,7 @@ The authors pretrain L for 600 epochs (85.9 % fine-tuned); set
 --config.num_epochs=600 for that schedule. FSDP over 2 chips keeps the
 parameters and AdamW moments within HBM on small slices; bfloat16 compute.
 """
-from mixmim_jax.recipes import pretrain_defaults
+from mixmim_jax.training.recipes import pretrain_defaults
 
 
 def get_config():

@@ -15,11 +15,13 @@ only need a table (the launcher reads mixmim_jax.tools.chips) import nothing hea
 import importlib
 
 _EXPORTS = {
-    "build_model": "api", "classify": "api", "draw_mask": "api", "encode": "api",
-    "init_params": "api", "param_shapes": "api", "pretrain_forward": "api",
-    "ARCHS": "arch", "ModelConfig": "arch", "model_config": "arch",
-    "ParamsFile": "params_io", "load_params": "params_io", "save_params": "params_io",
-    "get_model": "hub", "list_models": "hub", "inference_model": "inference",
+    "build_model": "model.api", "classify": "model.api", "draw_mask": "model.api",
+    "encode": "model.api", "init_params": "model.api", "param_shapes": "model.api",
+    "pretrain_forward": "model.api",
+    "ARCHS": "model.arch", "ModelConfig": "model.arch", "model_config": "model.arch",
+    "ParamsFile": "weights.params_file", "load_params": "weights.params_file",
+    "save_params": "weights.params_file",
+    "get_model": "weights.hub", "list_models": "weights.hub", "inference_model": "inference",
 }
 
 __all__ = sorted(_EXPORTS)

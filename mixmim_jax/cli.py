@@ -20,7 +20,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mixmim_jax import startup  # noqa: E402  (first: it notes when the process started)
+from mixmim_jax.training import startup  # noqa: E402  (first: it notes when the process started)
 from absl import app, flags  # noqa: E402
 from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -29,8 +29,8 @@ from mixmim_jax import exit_codes  # noqa: E402
 
 FLAGS = flags.FLAGS
 # config.trainer -> (module, function(config, workdir) -> result dict).
-TRAINERS = {"pretrain": ("mixmim_jax.train", "train"),
-            "finetune": ("mixmim_jax.finetune", "finetune")}
+TRAINERS = {"pretrain": ("mixmim_jax.trainers.pretrain", "train"),
+            "finetune": ("mixmim_jax.trainers.finetune", "finetune")}
 
 
 class UserError(Exception):
@@ -130,7 +130,7 @@ def initialize_distributed() -> int:
   """Joins a multi-process run (distributed.py): from --coordinator_address (or
   the MIXMIM_* environment variables), or from the cluster environment JAX
   detects (a Cloud TPU VM, GKE, Slurm, ...). Returns the number of processes."""
-  from mixmim_jax import distributed  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.training import distributed  # pylint: disable=import-outside-toplevel
   address = FLAGS.coordinator_address or os.environ.get("MIXMIM_COORDINATOR_ADDRESS")
   num = FLAGS.num_processes or int(os.environ.get("MIXMIM_NUM_PROCESSES", "0"))
   pid = FLAGS.process_id if FLAGS.process_id is not None else int(
@@ -144,7 +144,7 @@ def initialize_distributed() -> int:
 
 def user_errors() -> tuple[type[BaseException], ...]:
   """The exceptions that are a user's to fix: reported as one sentence."""
-  from mixmim_jax.loop import NonFiniteLoss  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.training.loop import NonFiniteLoss  # pylint: disable=import-outside-toplevel
   return (UserError, ValueError, FileNotFoundError, IsADirectoryError, NonFiniteLoss)
 
 
@@ -178,7 +178,7 @@ def _trainer_main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   setup_logging()
-  from mixmim_jax import stopping  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.training import stopping  # pylint: disable=import-outside-toplevel
   # From here on a stop signal (SIGTERM, Ctrl-C, ...) stops the run cleanly, at any moment.
   with stopping.StopSignals() as signals:
     try:
@@ -263,8 +263,8 @@ def run_tool(tool_main, checkpoint_flag: str) -> None:
 
 def checkpoint_or_model() -> str:
   """What a tool's --checkpoint or --model names (a model name is resolved
-  where every source is: params_io.read)."""
+  where every source is: sources.read)."""
   if FLAGS.model is not None:
-    from mixmim_jax import hub  # pylint: disable=import-outside-toplevel
+    from mixmim_jax.weights import hub  # pylint: disable=import-outside-toplevel
     return hub.lookup(FLAGS.model).name
   return FLAGS.checkpoint

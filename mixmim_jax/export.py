@@ -13,9 +13,9 @@ the class names when the source records them.
 
 In Python:
 
-  from mixmim_jax import export
-  model = export.load("model.msgpack")     # ParamsFile(config, kind, params)
-  logits = export.logits(model, images)    # normalized NHWC float32 images
+  from mixmim_jax import inference
+  model = inference.load("model.msgpack")     # ParamsFile(config, kind, params, classes)
+  logits = inference.logits(model, images)    # normalized NHWC float32 images
 """
 from __future__ import annotations
 
@@ -25,33 +25,20 @@ import sys
 import jax
 import numpy as np
 
-from mixmim_jax import api, hub, params_io
-from mixmim_jax.params_io import ParamsFile
-
-
-def load(path: str) -> ParamsFile:
-  """(config, kind, params, classes) of an exported file (or of any checkpoint
-  params_io.read reads: a workdir, a .pth, a model name); config rebuilds the
-  exact model."""
-  return params_io.read(path)[0]
-
-
-def logits(model: ParamsFile, images) -> jax.Array:
-  """Class logits (classifier files) or pooled features (encoder files), (B, .)."""
-  cfg = model.config if model.kind == "classifier" else model.config.replace(num_classes=0)
-  return api.classify(cfg, model.params, images)
+from mixmim_jax.weights import hub, params_file, sources
+from mixmim_jax.weights.params_file import ParamsFile
 
 
 def export(source: str, out: str, encoder_only: bool = False, step: int = -1) -> ParamsFile:
   """Writes `out` from any supported checkpoint; returns what was written."""
-  (cfg, kind, params, classes), where = params_io.read(source, step)
+  (cfg, kind, params, classes), where = sources.read(source, step)
   if kind == "pretrain" or encoder_only or cfg.num_classes == 0:
     kind, cfg, params = "encoder", cfg.replace(num_classes=0), {"encoder": params["encoder"]}
     classes = None
   else:
     kind, params = "classifier", {"encoder": params["encoder"], "head": params["head"]}
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-  params_io.save_params(out, cfg, kind, params, classes=classes)
+  params_file.save_params(out, cfg, kind, params, classes=classes)
   print(f"{where}: {kind} with {sum(x.size for x in jax.tree.leaves(params)):,} parameters "
         f"({cfg.num_classes} classes, {cfg.img_size} px) -> {out}")
   return ParamsFile(cfg, kind, params, classes)

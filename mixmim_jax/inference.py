@@ -10,7 +10,7 @@ the checkpoint records, else ImageNet's for a 1000-class head). The
 pretraining model, for which mmpretrain's `inference_model` has no answer,
 gives the mixed input and both reconstructions of one or two images.
 
-Inputs are the model's test view (predict.preprocess: pixel-equal to
+Inputs are the model's test view (data/test_view.py: pixel-equal to
 mmpretrain's test pipeline): image files, or uint8 RGB arrays (H, W, 3) /
 grey (H, W). mmpretrain reads arrays as BGR (OpenCV's order); these are RGB,
 as PIL, scikit-image and TensorFlow give them.
@@ -25,23 +25,48 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from mixmim_jax import api, export, hub, masking, metrics, objective, params_io, pixels, predict
-from mixmim_jax.params_io import ParamsFile
+from mixmim_jax.data import test_view
+from mixmim_jax.data.test_view import IMAGENET_MEAN, IMAGENET_STD
+from mixmim_jax.model import api, masking, objective, pixels
+from mixmim_jax.training import metrics
+from mixmim_jax.weights import hub, sources
+from mixmim_jax.weights.params_file import ParamsFile
 
 
 def load(model, pretrained=True) -> ParamsFile:
   """A ParamsFile from a name (with `pretrained` as hub.get_model takes it), a
-  checkpoint path (anything params_io.read reads) or a ParamsFile."""
+  checkpoint path (anything sources.read reads) or a ParamsFile."""
   if isinstance(model, ParamsFile):
     loaded = model
   elif hub.entry_for(model) is not None:
     return hub.get_model(str(model), pretrained)
   else:
-    loaded, _ = params_io.read(os.fspath(model))
+    loaded, _ = sources.read(os.fspath(model))
   if pretrained is not True:
     raise ValueError(f"pretrained={pretrained!r} goes with a model name; {model!r} is "
                      "a checkpoint already.")
   return loaded
+
+
+def logits(model: ParamsFile, images) -> jax.Array:
+  """Class logits (classifier files) or pooled features (encoder files), (B, .),
+  of normalized images."""
+  cfg = model.config if model.kind == "classifier" else model.config.replace(num_classes=0)
+  return api.classify(cfg, model.params, images)
+
+
+def top_k(model: ParamsFile, paths, k: int = 5, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+          labels_file: str | None = None):
+  """Per image, the k most probable (index, name, probability), best first."""
+  if model.kind != "classifier" or model.config.num_classes == 0:
+    raise ValueError("this params file holds an encoder without a classifier head; "
+                     "fine-tune it first (python -m mixmim_jax.finetune).")
+  names = test_view.class_names(model.config.num_classes, labels_file, model.classes)
+  images = pixels.normalize(test_view.uint8_views(paths, model.config.img_size), mean, std)
+  probs = np.asarray(jax.nn.softmax(logits(model, images), axis=-1))
+  k = min(k, probs.shape[1])
+  best = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+  return [[(int(i), names[i], float(p[i])) for i in row] for row, p in zip(best, probs)]
 
 
 def _as_list(inputs) -> tuple[list, bool]:
@@ -69,8 +94,8 @@ def _stem(item, i: int) -> str:
 
 def inference_model(model, inputs, pretrained=True, *, classes=None,
                     show_dir: str | None = None, batch_size: int = 8, seed: int = 0,
-                    mask_ratio: float = 0.5, mean=predict.IMAGENET_MEAN,
-                    std=predict.IMAGENET_STD):
+                    mask_ratio: float = 0.5, mean=IMAGENET_MEAN,
+                    std=IMAGENET_STD):
   """mmpretrain's inference_model for a classifier (a dict per image: a dict
   for one input, a list for several), or `reconstruct` for a pretraining model.
 
@@ -86,9 +111,9 @@ def inference_model(model, inputs, pretrained=True, *, classes=None,
   if loaded.kind != "classifier" or loaded.config.num_classes == 0:
     raise ValueError("this model is an encoder without a classifier head; fine-tune it "
                      "first (python -m mixmim_jax.finetune).")
-  crops = predict.preprocess_uint8(items, loaded.config.img_size)
+  crops = test_view.uint8_views(items, loaded.config.img_size)
   scores = _softmax_scores(loaded, crops, batch_size, mean, std)
-  names = classes or loaded.classes or (predict.class_names(1000)
+  names = classes or loaded.classes or (test_view.class_names(1000)
                                         if loaded.config.num_classes == 1000 else None)
   if names is not None and len(names) != loaded.config.num_classes:
     raise ValueError(f"{len(names)} class names for a {loaded.config.num_classes}-class head.")
@@ -117,14 +142,14 @@ def _softmax_scores(loaded: ParamsFile, crops: np.ndarray, batch_size: int, mean
     chunk = crops[start:start + size]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), 0)])
     images = pixels.normalize(jnp.asarray(padded), mean, std)
-    logits = export.logits(loaded, images)
-    out.append(np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))[:len(chunk)])
+    scores = logits(loaded, images).astype(jnp.float32)
+    out.append(np.asarray(jax.nn.softmax(scores, axis=-1))[:len(chunk)])
   return np.concatenate(out)
 
 
 def reconstruct(loaded: ParamsFile, items, *, show_dir: str | None = None, seed: int = 0,
-                mask_ratio: float = 0.5, mean=predict.IMAGENET_MEAN,
-                std=predict.IMAGENET_STD) -> dict:
+                mask_ratio: float = 0.5, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD) -> dict:
   """MixMIM's own task on one or two images: a mask of exactly floor(cells x
   mask_ratio) cells drawn from `seed`, image a's masked cells filled with b's
   (one image is its own partner, as the middle image of an odd batch), the
@@ -136,7 +161,7 @@ def reconstruct(loaded: ParamsFile, items, *, show_dir: str | None = None, seed:
     raise ValueError(f"the pretraining model shows one or two images at a time (a mixed "
                      f"pair); got {len(items)}.")
   cfg, p = loaded.config, loaded.config.encoder_stride
-  crops = predict.preprocess_uint8(items, cfg.img_size)
+  crops = test_view.uint8_views(items, cfg.img_size)
   pair = np.concatenate([crops, crops]) if len(items) == 1 else crops
   images = pixels.normalize(jnp.asarray(pair), mean, std)
   mask = api.draw_mask(jax.random.key(seed), cfg, 1, mask_ratio)

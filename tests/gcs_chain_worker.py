@@ -17,7 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from etils import epath  # noqa: E402
 
 import train_fixtures  # noqa: E402
-from mixmim_jax import evaluate, export, finetune, predict, recipes, train  # noqa: E402
+from mixmim_jax import export, inference  # noqa: E402
+from mixmim_jax.evaluation import accuracy  # noqa: E402
+from mixmim_jax.trainers import finetune, pretrain  # noqa: E402
+from mixmim_jax.training import recipes
 
 logging.getLogger("gcsfs").setLevel(logging.ERROR)   # "no credentials": the emulator needs none
 data_dir, photo = sys.argv[1], sys.argv[2]
@@ -25,7 +28,7 @@ BUCKET = "gs://bucket"
 
 pre = train_fixtures.tiny_config(data_dir, num_train_steps=2, image_every_steps=2,
                                  batch_size=8, **{"mesh.data": 1})
-pretrained = train.train(pre, f"{BUCKET}/pre")
+pretrained = pretrain.train(pre, f"{BUCKET}/pre")
 
 ft = recipes.finetune_defaults()
 ft.model.update(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
@@ -39,9 +42,9 @@ ft.num_train_steps, ft.checkpoint_every_steps, ft.log_every_steps = 2, 2, 1
 ft.init_from = f"{BUCKET}/pre"
 tuned = finetune.finetune(ft, f"{BUCKET}/ft")
 
-scores = evaluate.evaluate_checkpoint(f"{BUCKET}/ft", ft)
+scores = accuracy.evaluate_checkpoint(f"{BUCKET}/ft", ft)
 export.export(f"{BUCKET}/ft", f"{BUCKET}/model.msgpack")
-top5 = predict.top_k(export.load(f"{BUCKET}/model.msgpack"), [photo])[0]
+top5 = inference.top_k(inference.load(f"{BUCKET}/model.msgpack"), [photo])[0]
 
 
 

@@ -12,8 +12,8 @@ import io
 import socket
 import threading
 
-from mixmim_jax import hub
-from mixmim_jax.arch import model_config
+from mixmim_jax.model.arch import model_config
+from mixmim_jax.weights import hub
 
 MAX_REQUESTS = 100
 STALL_S = 20.0

@@ -22,7 +22,7 @@ if "--no-torch" in sys.argv:
   sys.meta_path[:] = [_PathFinderWithoutTorch if f is importlib.machinery.PathFinder else f
                       for f in sys.meta_path]
 
-from mixmim_jax import hub  # noqa: E402
+from mixmim_jax.weights import hub  # noqa: E402
 
 mode, entry_json = sys.argv[1], sys.argv[2]
 entry = hub.ModelEntry(**json.loads(entry_json))

@@ -22,9 +22,9 @@ from jax._src import distributed  # noqa: E402  (the coordination client's barri
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_fixtures  # noqa: E402
-from mixmim_jax import sharding  # noqa: E402
-from mixmim_jax.plan import make_plan  # noqa: E402
-from mixmim_jax.steps import compile_steps  # noqa: E402
+from mixmim_jax.training import sharding  # noqa: E402
+from mixmim_jax.training.plan import make_plan  # noqa: E402
+from mixmim_jax.training.steps import compile_steps  # noqa: E402
 
 config = train_fixtures.tiny_config(data_dir, group_size=2, batch_size=32)
 config.mesh.update(dict(data=-1, fsdp=2, model=1))

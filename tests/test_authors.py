@@ -17,7 +17,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mixmim_jax import api, convert, params_io, torch_format  # noqa: E402
+from mixmim_jax import convert  # noqa: E402
+from mixmim_jax.model import api
+from mixmim_jax.weights import params_file, torch_format, torch_io
 import authors_reference as authors  # noqa: E402
 import torch_helpers as th  # noqa: E402
 from test_init import compare_init  # noqa: E402
@@ -55,7 +57,7 @@ def test_authors_pretraining_checkpoint_converts_and_matches(tmp_path, capsys, d
   assert convert.main([str(tmp_path / "checkpoint.pth"), out] + flags) == 0
   summary = capsys.readouterr().out
   assert f"{cfg.decoder_heads} heads ({heads_note}" in summary, summary
-  loaded = params_io.load_params(out)
+  loaded = params_file.load_params(out)
   got = loaded.config
   assert (got.decoder_dim, got.decoder_depth, got.decoder_heads, got.decoder_pos_embed,
           got.pos_embed, got.decoder_ln_eps) == (cfg.decoder_dim, cfg.decoder_depth,
@@ -98,8 +100,8 @@ def test_authors_classifier_checkpoint_matches(tmp_path):
   model = authors.build(models_mixmim_ft, **authors.arch_kwargs(cfg), num_classes=10)
   th.randomize_(model, 9, pos_layout=None)
   torch.save({"model": model.state_dict()}, tmp_path / "ft.pth")
-  got, kind, params, fmt = convert.import_state_dict(
-      convert.load_torch_checkpoint(str(tmp_path / "ft.pth")))
+  got, kind, params, fmt = torch_io.import_state_dict(
+      torch_io.load_torch_checkpoint(str(tmp_path / "ft.pth")))
   assert (fmt, kind, got.num_classes, got.pos_embed) == (OFFICIAL, "classifier", 10, "col_row")
   images = np.random.default_rng(10).standard_normal(
       (3, cfg.img_size, cfg.img_size, 3)).astype(np.float32)

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixmim_jax import arch, cli, layers
+from mixmim_jax import cli
+from mixmim_jax.model import arch, layers
+from mixmim_jax.model.decoder import MixMIMPretrainModel
 from mixmim_jax.tools import benchmark, chips, input_bench, kernel_bench, profile_ops
-from mixmim_jax.decoder import MixMIMPretrainModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(REPO, "configs", "base_pretrain.py")

@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixmim_jax import api
-from mixmim_jax.arch import model_config
-from mixmim_jax.decoder import MixMIMPretrainModel
-from mixmim_jax.encoder import MixMIMClassifier
-from mixmim_jax.layers import DropPath, add_shared_bias, softmax
-from mixmim_jax.masking import MASK_LOGIT
+from mixmim_jax.model import api
+from mixmim_jax.model.arch import model_config
+from mixmim_jax.model.decoder import MixMIMPretrainModel
+from mixmim_jax.model.encoder import MixMIMClassifier
+from mixmim_jax.model.layers import DropPath, add_shared_bias, softmax
+from mixmim_jax.model.masking import MASK_LOGIT
 
 # Every stack deeper than one block, so every stack is scanned.
 SMALL = model_config("base", img_size=64, embed_dim=32, depths=(2, 2, 3, 2),

@@ -1,4 +1,4 @@
-"""Checkpoint conversion (torch_format.py, convert.py, params_io.py): exact round
+"""Checkpoint conversion (torch_format.py, torch_io.py, params_file.py): exact round
 trips, strict loading into mmpretrain 1.2.0 with equal outputs, the CLI end to
 end, the errors a user sees, and arch inference from tensor shapes."""
 from __future__ import annotations
@@ -10,10 +10,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mixmim_jax import api, convert, torch_format  # noqa: E402
+from mixmim_jax import convert  # noqa: E402
+from mixmim_jax.model import api
+from mixmim_jax.model.arch import model_config  # noqa: E402
 from mixmim_jax.tools import torch_reference as ref  # noqa: E402
-from mixmim_jax.arch import model_config  # noqa: E402
-from mixmim_jax.params_io import load_params, save_params  # noqa: E402
+from mixmim_jax.weights import torch_format, torch_io
+from mixmim_jax.weights.params_file import load_params, save_params  # noqa: E402
 import torch_helpers as th  # noqa: E402
 
 MM, OFFICIAL = torch_format.MMPRETRAIN, torch_format.OFFICIAL
@@ -96,7 +98,7 @@ def assert_close(ours, theirs, what, rtol=1e-4):
 def test_round_trip_exact(kind, fmt, pretrain_params, classifier_params):
   params = pretrain_params if kind == "pretrain" else classifier_params
   sd = torch_format.flax_to_state_dict(params, CFG, kind, fmt)
-  cfg, got_kind, back, got_fmt = convert.import_state_dict(
+  cfg, got_kind, back, got_fmt = torch_io.import_state_dict(
       {"state_dict" if fmt == MM else "model": sd}, decoder_heads=CFG.decoder_heads)
   assert (got_kind, got_fmt) == (kind, fmt)
   want_cfg = CFG.replace(decoder_ln_eps=torch_format.DECODER_LN_EPS[fmt], num_classes=0)
@@ -222,7 +224,7 @@ def test_missing_and_unexpected_keys_are_named(classifier_sd):
   del sd["backbone.layers.2.blocks.1.attn.proj.weight"]
   sd["backbone.layers.2.blocks.1.attn.extra.weight"] = np.zeros((4, 4), np.float32)
   with pytest.raises(torch_format.CheckpointMismatch) as err:
-    convert.import_state_dict({"state_dict": sd})
+    torch_io.import_state_dict({"state_dict": sd})
   msg = str(err.value)
   assert "missing 1 tensors: ['backbone.layers.2.blocks.1.attn.proj.weight']" in msg
   assert "1 unexpected tensors: ['backbone.layers.2.blocks.1.attn.extra.weight']" in msg
@@ -235,7 +237,7 @@ def test_wrong_shape_is_named(classifier_sd):
   with pytest.raises(torch_format.CheckpointMismatch,
                      match=r"1 tensors of the wrong shape.*backbone\.layers\.1\.blocks\.0"
                            r"\.attn\.proj\.weight: \(64, 32\) vs model \(64, 64\)"):
-    convert.import_state_dict({"state_dict": sd})
+    torch_io.import_state_dict({"state_dict": sd})
 
 
 def test_checkpoint_of_another_arch_against_expected_shapes(classifier_sd):
@@ -271,14 +273,14 @@ def test_checkpoint_of_a_wider_arch_is_a_mismatch(classifier_sd):
 def test_missing_first_block_of_a_stage_is_a_mismatch(classifier_sd):
   sd = {k: v for k, v in classifier_sd.items() if not k.startswith("backbone.layers.2.blocks.0.")}
   with pytest.raises(torch_format.CheckpointMismatch, match="backbone.layers.2.blocks.0"):
-    convert.import_state_dict({"state_dict": sd})
+    torch_io.import_state_dict({"state_dict": sd})
 
 
 def test_not_a_mixmim_checkpoint(tmp_path):
   other = {"conv1.weight": np.zeros((8, 3, 3, 3), np.float32),
            "fc.weight": np.zeros((10, 8), np.float32)}
   with pytest.raises(torch_format.CheckpointMismatch, match="not a MixMIM checkpoint"):
-    convert.import_state_dict({"state_dict": other})
+    torch_io.import_state_dict({"state_dict": other})
   path = tmp_path / "resnet.pth"
   torch.save({"state_dict": torch_tensors(other)}, path)
   with pytest.raises(SystemExit, match=r"resnet\.pth: not a MixMIM checkpoint.*conv1\.weight"):
@@ -385,11 +387,11 @@ def test_decoder_heads_come_from_the_authors_args(tmp_path):
   torch.save({"model": torch_tensors(torch_format.flax_to_state_dict(params, cfg, "pretrain",
                                                                      OFFICIAL)),
               "epoch": 599, "args": argparse.Namespace(model="mixmim_base", blr=1.5e-4)}, path)
-  checkpoint = convert.load_torch_checkpoint(str(path))
-  assert convert.decoder_heads(checkpoint) == (16, "read from args.model='mixmim_base' "
+  checkpoint = torch_io.load_torch_checkpoint(str(path))
+  assert torch_io.decoder_heads(checkpoint) == (16, "read from args.model='mixmim_base' "
                                                    "(the authors' registry)")
-  assert convert.decoder_heads(checkpoint, 4)[0] == 4
-  assert convert.import_state_dict(checkpoint)[0].decoder_heads == 16
+  assert torch_io.decoder_heads(checkpoint, 4)[0] == 4
+  assert torch_io.import_state_dict(checkpoint)[0].decoder_heads == 16
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00garbage" * 100])

@@ -213,7 +213,7 @@ def test_device_normalization_equals_the_hosts():
   """pixels.normalize (in the compiled step) gives what (v - mean) / std in
   float32 gives, for every uint8 value and channel; floats pass unchanged."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mixmim_jax import pixels  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.model import pixels  # pylint: disable=import-outside-toplevel
   values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, 3))[None, None]
   ours = np.asarray(jax.jit(pixels.normalize, static_argnums=(1, 2))(
       values, tuple(MEAN.tolist()), tuple(STD.tolist())))

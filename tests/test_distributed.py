@@ -15,7 +15,7 @@ import jax
 import pytest
 from jax._src.clusters import cloud_tpu_cluster, cluster
 
-from mixmim_jax import distributed
+from mixmim_jax.training import distributed
 
 # Four workers of a v4-32, in the metadata server's old name:id:ip format.
 ENDPOINTS = ",".join(f"w-{i}:{i}:10.130.0.{11 + i}" for i in range(4))

@@ -24,8 +24,8 @@ skimage_data = pytest.importorskip("skimage.data")
 
 from PIL import Image  # noqa: E402
 
-from mixmim_jax.tools import torch_reference as ref  # noqa: E402
 from mixmim_jax.data import labeled  # noqa: E402
+from mixmim_jax.tools import torch_reference as ref  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

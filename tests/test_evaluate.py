@@ -10,12 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from mixmim_jax import api, params_io, pixels, sharding
-from mixmim_jax.arch import model_config
 from mixmim_jax.data import labeled
 from mixmim_jax.data.tf_cpu import tf
-from mixmim_jax.evaluate import classifier_eval_fn, evaluate, evaluate_checkpoint
-from mixmim_jax.recipes import finetune_defaults
+from mixmim_jax.evaluation.accuracy import classifier_eval_fn, evaluate, evaluate_checkpoint
+from mixmim_jax.model import api, pixels
+from mixmim_jax.model.arch import model_config
+from mixmim_jax.training import sharding
+from mixmim_jax.training.recipes import finetune_defaults
+from mixmim_jax.weights import params_file
 
 N = 37                       # not a multiple of the global batch (16) nor of 8 devices
 CFG = model_config(dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)),
@@ -89,10 +91,10 @@ def test_evaluate_checkpoint_reads_a_params_file(data_dir, tmp_path):
   directory, _, _ = data_dir
   params = api.init_params(CFG, "classifier", 1)
   path = str(tmp_path / "model.msgpack")
-  params_io.save_params(path, CFG, "classifier", params)
+  params_file.save_params(path, CFG, "classifier", params)
   result = evaluate_checkpoint(path, _config(directory))
   assert result["count"] == N and 0.0 <= result["top1"] <= result["top5"] <= 1.0
-  params_io.save_params(path, CFG.replace(num_classes=0), "encoder",
+  params_file.save_params(path, CFG.replace(num_classes=0), "encoder",
                         {"encoder": params["encoder"]})
   with pytest.raises(ValueError, match="without a classifier head"):
     evaluate_checkpoint(path, _config(directory))

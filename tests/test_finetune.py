@@ -13,13 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixmim_jax import api, checkpointing, data, mixup, params_io, plan as plan_lib, sharding
-from mixmim_jax.arch import model_config
+from mixmim_jax import data
 from mixmim_jax.data import labeled, randaugment, sources
 from mixmim_jax.data.tf_cpu import tf
-from mixmim_jax.finetune_step import soft_cross_entropy
-from mixmim_jax.linear_probe import LinearProbe, fold_probe
-from mixmim_jax.steps import compile_steps
+from mixmim_jax.model import api
+from mixmim_jax.model.arch import model_config
+from mixmim_jax.model.linear_probe import LinearProbe, fold_probe
+from mixmim_jax.training import checkpointing, mixup, plan as plan_lib, sharding
+from mixmim_jax.training.finetune_step import soft_cross_entropy
+from mixmim_jax.training.steps import compile_steps
+from mixmim_jax.weights import adapt, params_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
@@ -247,21 +250,21 @@ def test_label_fraction_keeps_ten_percent_of_each_class(tmp_path):
 def test_resizing_to_the_same_windows_keeps_the_output():
   params = api.init_params(TINY_CFG, "classifier", 0)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  same, report = params_io.adapt(TINY_CFG, params, TINY_CFG,
+  same, report = adapt.adapt(TINY_CFG, params, TINY_CFG,
                                      jax.tree.map(np.zeros_like, params))
   assert not report["fresh"] and not report["resized"]
   np.testing.assert_array_equal(api.classify(TINY_CFG, params, x),
                                 api.classify(TINY_CFG, same, x))
   table = np.random.default_rng(0).standard_normal((49, 2)).astype(np.float32)
-  np.testing.assert_allclose(params_io.resize_relative_bias_table(table, 4), table)
+  np.testing.assert_allclose(adapt.resize_relative_bias_table(table, 4), table)
   # A real resize (identity matrix rows sum to one: a constant table stays constant).
-  np.testing.assert_allclose(params_io.bicubic_matrix(7, 13).sum(1), 1.0, atol=1e-12)
+  np.testing.assert_allclose(adapt.bicubic_matrix(7, 13).sum(1), 1.0, atol=1e-12)
 
 
 def test_bicubic_resize_equals_torch_interpolate():
   torch = pytest.importorskip("torch")
   table = np.random.default_rng(0).standard_normal((27 * 27, 3)).astype(np.float32)
-  ours = params_io.resize_relative_bias_table(table, 24)
+  ours = adapt.resize_relative_bias_table(table, 24)
   grid = torch.from_numpy(table.reshape(27, 27, 3).transpose(2, 0, 1))[None]
   theirs = torch.nn.functional.interpolate(grid, size=(47, 47), mode="bicubic",
                                            align_corners=False)[0].numpy()
@@ -277,12 +280,12 @@ def test_init_from_pretraining_workdir_and_params_file(tmp_path):
   ckpt.save(7, dict(step=jnp.int32(7), params=pre, opt_state={}),
             dict(model_config=json.loads(pre_cfg.to_json())), force=True)
   ckpt.close()
-  params_io.save_params(str(tmp_path / "pre.msgpack"), pre_cfg, "pretrain", pre)
+  params_file.save_params(str(tmp_path / "pre.msgpack"), pre_cfg, "pretrain", pre)
   # Target: other windows in stage 0 (4 -> 8 at 32 px is clamped to 16 tokens... use 2).
   dst = TINY_CFG.replace(window_sizes=(2, 4, 2, 1))
   fresh = api.init_params(dst, "classifier", 0)
   for source in (str(tmp_path / "pre"), str(tmp_path / "pre.msgpack")):
-    params, cfg = params_io.initial_params(source, -1, dst, fresh)
+    params, cfg = adapt.initial_params(source, -1, dst, fresh)
     assert cfg.pos_embed == "col_row"                   # the checkpoint's table layout
     assert "decoder" not in params
     np.testing.assert_array_equal(params["head"]["kernel"], fresh["head"]["kernel"])
@@ -290,11 +293,11 @@ def test_init_from_pretraining_workdir_and_params_file(tmp_path):
                                   pre["encoder"]["norm"]["scale"])
     table = params["encoder"]["layers_0"]["blocks_0"]["attn"]["relative_position_bias_table"]
     assert table.shape == (9, 1)
-    np.testing.assert_allclose(table, params_io.resize_relative_bias_table(
+    np.testing.assert_allclose(table, adapt.resize_relative_bias_table(
         np.asarray(pre["encoder"]["layers_0"]["blocks_0"]["attn"]
                    ["relative_position_bias_table"]), 2))
   with pytest.raises(ValueError, match="embed_dim"):
-    params_io.adapt(pre_cfg.replace(embed_dim=32), {}, dst, fresh)
+    adapt.adapt(pre_cfg.replace(embed_dim=32), {}, dst, fresh)
 
 
 def test_folded_probe_equals_probe_in_eval_mode():
@@ -356,7 +359,7 @@ def test_every_finetune_config_builds_a_step(tmp_path):
 
 @pytest.mark.parametrize("name", ["fashion_mnist_finetune.py", "fashion_mnist_linprobe.py"])
 def test_trainer_runs_resumes_and_exports(tmp_path, name):
-  from mixmim_jax import finetune  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.trainers import finetune  # pylint: disable=import-outside-toplevel
   write_idx_split(str(tmp_path), "train", 96)
   write_idx_split(str(tmp_path), "test", 21, seed=1)
   c = _tiny(_load(name).get_config(), str(tmp_path))
@@ -368,7 +371,7 @@ def test_trainer_runs_resumes_and_exports(tmp_path, name):
   second = finetune.finetune(c, work)
   assert second["final_step"] == 3 and second["evals"][3]["count"] == 21
   assert all(np.isfinite(v) for v in second["history"].values())
-  exported = params_io.load_params(os.path.join(work, "final.msgpack"))
+  exported = params_file.load_params(os.path.join(work, "final.msgpack"))
   assert exported.kind == "classifier" and "feature_norm" not in exported.params
   if c.task == "linprobe":   # the frozen encoder did not move
     start = api.init_params(exported.config, "linprobe", c.seed)

@@ -1,4 +1,4 @@
-"""Models by name (mixmim_jax.hub, downloads.py): the registry against
+"""Models by name (mixmim_jax.weights.hub, downloads.py): the registry against
 mmpretrain's own installed metafile, and downloads from a local HTTP server on
 127.0.0.1 of checkpoints that mmpretrain built, under registry entries made for
 the test: a good file is cached and converted once and not fetched again; a
@@ -25,8 +25,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mixmim_jax import api, downloads, hub, params_io  # noqa: E402
+from mixmim_jax.model import api  # noqa: E402
 from mixmim_jax.tools import torch_reference as ref  # noqa: E402
+from mixmim_jax.weights import downloads, hub, sources
 import hub_fixtures as hf  # noqa: E402
 from conftest import SUBPROCESS_CACHE_ENV  # noqa: E402
 
@@ -148,14 +149,14 @@ def test_good_file_is_cached_converted_and_not_fetched_again(server, checkpoints
   # What was converted is what the converter makes of the file, with its class names.
   direct = tmp_path / "direct.pth"
   direct.write_bytes(checkpoints["classifier"])
-  expected, _ = params_io.read(str(direct))
+  expected, _ = sources.read(str(direct))
   assert loaded.kind == "classifier" and loaded.config == expected.config
   assert loaded.classes == hf.FASHION == expected.classes
   for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(expected.params)):
     np.testing.assert_array_equal(a, b)
   # Again, and by the generic reader: no request, the params file is read.
   again = hub.get_model(CLS)
-  also, where = params_io.read(CLS)
+  also, where = sources.read(CLS)
   assert len(server.requests) == before + 1 and where == f"published model {CLS}"
   assert again.classes == also.classes == hf.FASHION
   for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(loaded.params)):

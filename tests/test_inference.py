@@ -18,11 +18,12 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 skimage_data = pytest.importorskip("skimage.data")
 
-from mixmim_jax import (api, downloads, export, hub, inference, params_io,  # noqa: E402
-                        predict)
-from mixmim_jax.arch import model_config  # noqa: E402
-from mixmim_jax.imagenet_classes import IMAGENET_CLASSES  # noqa: E402
+from mixmim_jax import export, inference, predict  # noqa: E402
+from mixmim_jax.data.imagenet_classes import IMAGENET_CLASSES  # noqa: E402
+from mixmim_jax.model import api
+from mixmim_jax.model.arch import model_config  # noqa: E402
 from mixmim_jax.tools import torch_reference as ref  # noqa: E402
+from mixmim_jax.weights import adapt, downloads, hub, params_file
 import hub_fixtures as hf  # noqa: E402
 import torch_helpers as th  # noqa: E402
 
@@ -150,7 +151,7 @@ def random_params(cfg, kind, seed=0):
 def test_class_names_recorded_else_imagenet_for_1000_classes(tiny_cache, photos, tmp_path):
   cfg = model_config(dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)),
                      window_sizes=(4, 4, 2, 1), img_size=32, patch_size=2, num_classes=1000)
-  loaded = params_io.ParamsFile(cfg, "classifier", random_params(cfg, "classifier"))
+  loaded = params_file.ParamsFile(cfg, "classifier", random_params(cfg, "classifier"))
   result = inference.inference_model(loaded, photos["jpg"])
   assert result["pred_class"] == IMAGENET_CLASSES[result["pred_label"]]
   # No names for another class count: no pred_class, as mmpretrain.
@@ -158,10 +159,10 @@ def test_class_names_recorded_else_imagenet_for_1000_classes(tiny_cache, photos,
   assert "pred_class" not in inference.inference_model(ten, photos["jpg"])
   # Names given to a saved file travel with it; names given to the call win.
   path = str(tmp_path / "named.msgpack")
-  params_io.save_params(path, ten.config, "classifier", ten.params, classes=hf.FASHION[::-1])
+  params_file.save_params(path, ten.config, "classifier", ten.params, classes=hf.FASHION[::-1])
   named = inference.inference_model(path, photos["jpg"])
   assert named["pred_class"] == hf.FASHION[::-1][named["pred_label"]]
-  assert export.load(path).classes == hf.FASHION[::-1]
+  assert inference.load(path).classes == hf.FASHION[::-1]
   given = inference.inference_model(path, photos["jpg"], classes=list("abcdefghij"))
   assert given["pred_class"] == "abcdefghij"[given["pred_label"]]
 
@@ -211,7 +212,7 @@ def test_predict_cli_by_name(tiny_cache, photos, tmp_path, capsys):
 def test_export_evaluate_and_init_from_take_a_name(tiny_cache, tmp_path):
   out = str(tmp_path / "tiny.msgpack")
   assert export.main(["--model", CLS, "--out", out]) == 0
-  written = params_io.load_params(out)
+  written = params_file.load_params(out)
   assert written.kind == "classifier" and written.classes == hf.FASHION
   # evaluate --model: a name resolves, a near miss is one sentence, never both flags.
   config = os.path.join(REPO, "configs", "fashion_mnist_finetune.py")
@@ -226,7 +227,7 @@ def test_export_evaluate_and_init_from_take_a_name(tiny_cache, tmp_path):
   # A fine-tune starting from the pretraining model by name (config.init_from).
   dst = hf.TINY_PRE.replace(num_classes=10)
   fresh = random_params(dst, "classifier")
-  params, _ = params_io.initial_params(PRE, -1, dst, fresh)
+  params, _ = adapt.initial_params(PRE, -1, dst, fresh)
   source = hub.get_model(PRE)
   np.testing.assert_array_equal(
       params["encoder"]["patch_embed"]["proj"]["kernel"],

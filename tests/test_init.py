@@ -11,8 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mixmim_jax import api, torch_format  # noqa: E402
+from mixmim_jax.model import api  # noqa: E402
 from mixmim_jax.tools import torch_reference as ref  # noqa: E402
+from mixmim_jax.weights import torch_format
 import torch_helpers as th  # noqa: E402
 from test_parity import tiny_config  # noqa: E402
 
@@ -68,15 +69,15 @@ def test_init_schemes_differ_where_the_references_do():
 def test_authors_finetuning_redraws_the_head_of_a_loaded_model(tmp_path):
   """main_finetune.py of the authors: trunc_normal_(head.weight, std=2e-5) after
   loading pretrained weights; mmpretrain keeps its N(0, 0.02) head."""
-  from mixmim_jax import params_io  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.weights import adapt, params_file  # pylint: disable=import-outside-toplevel
   cfg = CFG.replace(num_classes=100)
   path = str(tmp_path / "pre.msgpack")
-  params_io.save_params(path, cfg, "pretrain", api.init_params(cfg, "pretrain", seed=1))
+  params_file.save_params(path, cfg, "pretrain", api.init_params(cfg, "pretrain", seed=1))
   stds = {}
   for scheme in ("authors", "mmpretrain"):
     dst = cfg.replace(init=scheme)
     fresh = api.init_params(dst, "classifier", seed=2)
-    params, _ = params_io.initial_params(path, -1, dst, jax.device_get(fresh), seed=3)
+    params, _ = adapt.initial_params(path, -1, dst, jax.device_get(fresh), seed=3)
     stds[scheme] = float(np.std(params["head"]["kernel"]))
     assert not np.any(params["head"]["bias"])
   assert stds["authors"] == pytest.approx(2e-5, rel=0.1)

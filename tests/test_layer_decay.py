@@ -11,9 +11,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mixmim_jax import api, layer_decay, optim, torch_format  # noqa: E402
+from mixmim_jax.model import api  # noqa: E402
+from mixmim_jax.model.arch import model_config  # noqa: E402
 from mixmim_jax.tools import torch_reference as ref  # noqa: E402
-from mixmim_jax.arch import model_config  # noqa: E402
+from mixmim_jax.training import layer_decay, optim
+from mixmim_jax.weights import torch_format
 
 BASE = model_config("base", num_classes=1000)
 TINY = model_config(dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
@@ -46,7 +48,7 @@ def _ours(cfg, rule):
   """{mmpretrain name: (lr scale, weight decay)} from our trees."""
   shapes = api.param_shapes(cfg, "classifier")
   scales = layer_decay.lr_scales(shapes, cfg, RATE, rule)
-  mask = optim.weight_decay_mask(shapes, cfg, "classifier", rule, finetune=True)
+  mask = optim.weight_decay_mask(shapes, rule, finetune=True)
   out = {}
   for path, key in torch_format.torch_names(cfg, "classifier").items():
     s, m = scales, mask
@@ -119,8 +121,7 @@ def test_one_adamw_step_equals_torch_param_groups():
   params = torch_format.state_dict_to_flax(sd0, torch_format.MMPRETRAIN, TINY, "classifier")
   tx = optax.chain(
       optax.scale_by_adam(0.9, 0.999, 1e-8),
-      optax.add_decayed_weights(WD, optim.weight_decay_mask(params, TINY, "classifier",
-                                                            finetune=True)),
+      optax.add_decayed_weights(WD, optim.weight_decay_mask(params, finetune=True)),
       optim.scale_by_schedules(jax.tree.map(
           lambda s: (lambda step: LR * s), layer_decay.lr_scales(params, TINY, RATE))))
   params = jax.tree.map(jnp.asarray, params)

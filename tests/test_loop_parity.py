@@ -21,10 +21,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mixmim_jax import recipes, sharding, torch_format  # noqa: E402
-from mixmim_jax.plan import make_plan  # noqa: E402
-from mixmim_jax.steps import compile_steps  # noqa: E402
 from mixmim_jax.tools import torch_reference as ref  # noqa: E402
+from mixmim_jax.training import recipes, sharding  # noqa: E402
+from mixmim_jax.training.plan import make_plan  # noqa: E402
+from mixmim_jax.training.steps import compile_steps  # noqa: E402
+from mixmim_jax.weights import torch_format
 import torch_helpers as th  # noqa: E402
 from reference_loop import ReferenceLoop  # noqa: E402
 from test_parity import TINY, coarse_mask  # noqa: E402

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mixmim_jax import masking
+from mixmim_jax.model import masking
 
 torch = pytest.importorskip("torch")
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixmim_jax import api
-from mixmim_jax.arch import model_config
+from mixmim_jax.model import api
+from mixmim_jax.model.arch import model_config
 
 BASE = model_config("base")
 # Fixed sin-cos tables: mmpretrain registers them as (frozen) parameters and counts

@@ -21,7 +21,8 @@ import jax
 import numpy as np
 import pytest
 
-from mixmim_jax import checkpointing, exit_codes
+from mixmim_jax import exit_codes
+from mixmim_jax.training import checkpointing
 import train_fixtures
 from cli_runs import ENV, Trainer, tiny_args
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixmim_jax import objective
+from mixmim_jax.model import objective
 
 torch = pytest.importorskip("torch")
 

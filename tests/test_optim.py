@@ -8,9 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mixmim_jax import api, optim, torch_format  # noqa: E402
+from mixmim_jax.model import api  # noqa: E402
+from mixmim_jax.model.arch import model_config  # noqa: E402
 from mixmim_jax.tools import torch_reference as ref  # noqa: E402
-from mixmim_jax.arch import model_config  # noqa: E402
+from mixmim_jax.training import optim
+from mixmim_jax.weights import torch_format
 
 CFG = model_config(dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
                    window_sizes=(8, 8, 4, 2), img_size=64, decoder_dim=64, decoder_depth=1,
@@ -45,7 +47,7 @@ def test_mmpretrain_weight_decay_split_matches_mmengine():
     for p in group["params"]:
       theirs[names[id(p)]] = group["weight_decay"] > 0
   params = api.param_shapes(CFG, "pretrain")
-  ours = _flat_mask(optim.weight_decay_mask(params, CFG, "pretrain", "mmpretrain"))
+  ours = _flat_mask(optim.weight_decay_mask(params, "mmpretrain"))
   assert ours == {k: v for k, v in theirs.items() if k in ours}
   assert set(theirs) - set(ours) == set()          # every trained tensor is covered
   # The name rule's surprises, stated: these are decayed / exempt in mmpretrain.
@@ -57,7 +59,7 @@ def test_authors_weight_decay_rule():
   """timm rule: no decay on 1-D tensors and the mask token; decay on the rest,
   the relative position bias tables included."""
   params = api.param_shapes(CFG, "pretrain")
-  ours = _flat_mask(optim.weight_decay_mask(params, CFG, "pretrain", "authors"))
+  ours = _flat_mask(optim.weight_decay_mask(params, "authors"))
   for name, decays in ours.items():
     paths = {k: p for p, k in torch_format.torch_names(CFG, "pretrain").items()}
     shape = _get(params, paths[name]).shape

@@ -12,9 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mixmim_jax import api, convert, tables, torch_format  # noqa: E402
-from mixmim_jax.arch import model_config  # noqa: E402
+from mixmim_jax.model import api, tables
+from mixmim_jax.model.arch import model_config  # noqa: E402
 from mixmim_jax.tools import torch_reference as ref  # noqa: E402
+from mixmim_jax.weights import torch_format, torch_io
 import torch_helpers as th  # noqa: E402
 
 TINY = dict(arch=dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
@@ -56,7 +57,7 @@ def run_pretrain_parity(cfg, batch, seed, fmt=torch_format.MMPRETRAIN):
   sd = th.numpy_state_dict(model)
   checkpoint = ({"state_dict": sd} if fmt == torch_format.MMPRETRAIN
                 else {"model": th.to_official_state_dict(sd, cfg)})
-  got_cfg, kind, params, got_fmt = convert.import_state_dict(
+  got_cfg, kind, params, got_fmt = torch_io.import_state_dict(
       checkpoint, decoder_heads=cfg.decoder_heads)
   assert (got_fmt, kind) == (fmt, "pretrain")
   assert got_cfg.replace(num_classes=cfg.num_classes) == cfg.replace(
@@ -105,7 +106,7 @@ def run_pretrain_parity(cfg, batch, seed, fmt=torch_format.MMPRETRAIN):
 def run_classifier_parity(cfg, batch, seed):
   model = ref.build_classifier(cfg)
   th.randomize_(model, seed, "row_col", cfg)
-  cfg2, kind, params, _ = convert.import_state_dict({"state_dict": th.numpy_state_dict(model)})
+  cfg2, kind, params, _ = torch_io.import_state_dict({"state_dict": th.numpy_state_dict(model)})
   assert kind == "classifier" and cfg2.num_classes == cfg.num_classes
   images = np.random.default_rng(seed).standard_normal(
       (batch, cfg.img_size, cfg.img_size, 3)).astype(np.float32)

@@ -2,8 +2,8 @@
 rotated files and a resumed run, and draws a PNG."""
 import pytest
 
-from mixmim_jax import metrics
 from mixmim_jax.tools import plot_curves
+from mixmim_jax.training import metrics
 
 
 def _write_run(workdir, steps, events_per_file=3):

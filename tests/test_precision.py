@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 import train_fixtures as tf_
-from mixmim_jax import layers, masking, sharding
-from mixmim_jax.plan import make_plan
-from mixmim_jax.steps import compile_steps
-from mixmim_jax.train_step import loss_fn
+from mixmim_jax.model import layers, masking
+from mixmim_jax.training import sharding
+from mixmim_jax.training.plan import make_plan
+from mixmim_jax.training.steps import compile_steps
+from mixmim_jax.training.train_step import loss_fn
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu not installed (pip install -r requirements-tpu.txt)")

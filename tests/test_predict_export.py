@@ -10,9 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from mixmim_jax import api, export, params_io, predict
-from mixmim_jax.arch import model_config
-from mixmim_jax.imagenet_classes import IMAGENET_CLASSES
+from mixmim_jax import export, inference
+from mixmim_jax.data import test_view
+from mixmim_jax.data.imagenet_classes import IMAGENET_CLASSES
+from mixmim_jax.model import api, pixels
+from mixmim_jax.model.arch import model_config
+from mixmim_jax.weights import params_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
@@ -31,26 +34,24 @@ def files(tmp_path_factory):
   Image.fromarray(skimage_data.camera()).save(grey)
   params = api.init_params(CFG, "classifier", 0)
   model = str(d / "model.msgpack")
-  params_io.save_params(model, CFG, "classifier", params)
+  params_file.save_params(model, CFG, "classifier", params)
   return dict(photo=photo, grey=grey, model=model, params=params, dir=d)
 
 
 def test_top5_on_a_real_photo(files):
-  model = export.load(files["model"])
-  rows = predict.top_k(model, [files["photo"], files["grey"]])
+  model = inference.load(files["model"])
+  rows = inference.top_k(model, [files["photo"], files["grey"]])
   assert len(rows) == 2 and all(len(r) == 5 for r in rows)
   for r in rows:
     probs = [p for _, _, p in r]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
     assert all(name == IMAGENET_CLASSES[i] for i, name, _ in r)
   # The same numbers as the model applied to the eval transform by hand.
-  images = predict.preprocess([files["photo"]], CFG.img_size)
-  assert images.shape == (1, 32, 32, 3) and images.dtype == np.float32
-  # Normalised with the given mean and std: mean 0, std 1 leaves the 0..255 pixels.
-  raw = predict.preprocess([files["photo"]], CFG.img_size, mean=(0, 0, 0), std=(1, 1, 1))
-  assert raw.max() > 100 and np.array_equal(raw, np.round(raw))
-  np.testing.assert_allclose(images, (raw - np.array(predict.IMAGENET_MEAN))
-                             / np.array(predict.IMAGENET_STD), rtol=1e-6, atol=1e-6)
+  raw = test_view.uint8_views([files["photo"]], CFG.img_size)
+  assert raw.shape == (1, 32, 32, 3) and raw.dtype == np.uint8 and raw.max() > 100
+  images = np.asarray(pixels.normalize(raw, test_view.IMAGENET_MEAN, test_view.IMAGENET_STD))
+  np.testing.assert_allclose(images, (raw - np.array(test_view.IMAGENET_MEAN))
+                             / np.array(test_view.IMAGENET_STD), rtol=1e-6, atol=1e-6)
   probs = np.asarray(jax.nn.softmax(api.classify(CFG, files["params"], images)))[0]
   assert rows[0][0][0] == int(np.argmax(probs))
   assert rows[0][0][2] == pytest.approx(float(probs.max()), rel=1e-6)
@@ -76,23 +77,23 @@ def test_export_load_round_trip_gives_identical_logits(files, tmp_path):
   before = np.asarray(api.classify(CFG, files["params"], x))
   out = str(tmp_path / "exported.msgpack")
   written = export.export(files["model"], out)
-  loaded = export.load(out)
+  loaded = inference.load(out)
   assert loaded.kind == "classifier" and loaded.config == CFG == written.config
-  np.testing.assert_array_equal(np.asarray(export.logits(loaded, x)), before)
+  np.testing.assert_array_equal(np.asarray(inference.logits(loaded, x)), before)
   # A pretraining checkpoint exports its encoder only (the decoder is dropped).
   pre_cfg = CFG.replace(num_classes=0, decoder_dim=32, decoder_depth=1, decoder_heads=2)
   pre = api.init_params(pre_cfg, "pretrain", 1)
-  params_io.save_params(str(tmp_path / "pre.msgpack"), pre_cfg, "pretrain", pre)
+  params_file.save_params(str(tmp_path / "pre.msgpack"), pre_cfg, "pretrain", pre)
   enc = export.export(str(tmp_path / "pre.msgpack"), str(tmp_path / "enc.msgpack"))
   assert enc.kind == "encoder" and set(enc.params) == {"encoder"}
-  feats = export.logits(export.load(str(tmp_path / "enc.msgpack")), x)
+  feats = inference.logits(inference.load(str(tmp_path / "enc.msgpack")), x)
   np.testing.assert_array_equal(
       np.asarray(feats), np.asarray(api.classify(pre_cfg, {"encoder": pre["encoder"]}, x)))
 
 
 def test_an_encoder_file_cannot_predict(files, tmp_path):
   path = str(tmp_path / "enc.msgpack")
-  params_io.save_params(path, CFG.replace(num_classes=0), "encoder",
+  params_file.save_params(path, CFG.replace(num_classes=0), "encoder",
                         {"encoder": files["params"]["encoder"]})
   with pytest.raises(ValueError, match="without a classifier head"):
-    predict.top_k(export.load(path), [files["photo"]])
+    inference.top_k(inference.load(path), [files["photo"]])

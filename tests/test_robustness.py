@@ -17,10 +17,11 @@ import time
 import numpy as np
 import pytest
 
-from mixmim_jax import checkpointing, exit_codes
+from mixmim_jax import exit_codes
+from mixmim_jax.training import checkpointing
 import train_fixtures
 
-from cli_runs import ENV, NO_CACHE_ENV, REPO, Trainer, run_cli as _run_cli, tiny_args
+from cli_runs import CONFIG, ENV, NO_CACHE_ENV, REPO, Trainer, run_cli as _run_cli, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_a_second_signal_stops_at_once_inside_a_long_step():
   the second ends the process at once, from the watcher thread."""
   script = (
       "import os, signal, time\n"
-      "from mixmim_jax import stopping\n"
+      "from mixmim_jax.training import stopping\n"
       "with stopping.StopSignals() as s:\n"
       "  s.progress()\n"
       "  os.kill(os.getpid(), signal.SIGINT)\n"
@@ -178,10 +179,10 @@ def test_a_signal_during_the_first_compile_stops_at_once(tmp_path, data_dir, sig
 
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, data_dir,
                                                                       caplog):
-  from mixmim_jax import train  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.trainers import pretrain  # pylint: disable=import-outside-toplevel
   config = train_fixtures.tiny_config(data_dir, num_train_steps=4)
   work = str(tmp_path / "run")
-  train.train(config, work)
+  pretrain.train(config, work)
   ckpts = os.path.join(work, "checkpoints")
   # Truncate every array file of the newest checkpoint.
   truncated = 0
@@ -195,7 +196,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, 
   assert truncated
   config.num_train_steps = 6
   with caplog.at_level("INFO"):
-    result = train.train(config, work)
+    result = pretrain.train(config, work)
   assert result["final_step"] == 6
   log = caplog.text
   assert "the checkpoint for step 4 in" in log and "cannot be read" in log, log[-3000:]

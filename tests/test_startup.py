@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mixmim_jax import startup
+from mixmim_jax.training import startup
 import train_fixtures
 from cli_runs import ENV, run_cli, tiny_args
 

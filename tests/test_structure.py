@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from mixmim_jax import cli, recipes
+from mixmim_jax import cli
+from mixmim_jax.training import recipes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "mixmim_jax")
@@ -65,7 +66,7 @@ def test_no_module_uses_another_modules_private_names():
 
 def test_the_private_name_check_sees_a_violation(tmp_path):
   bad = tmp_path / "bad.py"
-  bad.write_text("from mixmim_jax import train\nfrom mixmim_jax.loop import _x\n"
+  bad.write_text("from mixmim_jax import train\nfrom mixmim_jax.training.loop import _x\n"
                  "train._check_finite(1)\n")
   assert len(_private_uses(str(bad))) == 2
 
@@ -119,9 +120,10 @@ def test_one_list_of_trainers():
 
 
 def test_main_runs_the_trainer_the_config_names(monkeypatch):
-  from mixmim_jax import finetune, train  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.trainers import finetune  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.trainers import pretrain
   calls = []
-  monkeypatch.setattr(train, "train", lambda c, w: calls.append(("pretrain", w)))
+  monkeypatch.setattr(pretrain, "train", lambda c, w: calls.append(("pretrain", w)))
   monkeypatch.setattr(finetune, "finetune", lambda c, w: calls.append(("finetune", w)))
   cli.run_trainer(recipes.finetune_defaults(), "a")
   cli.run_trainer(recipes.pretrain_defaults(), "b")
@@ -130,3 +132,110 @@ def test_main_runs_the_trainer_the_config_names(monkeypatch):
   config.trainer = "distill"
   with pytest.raises(cli.UserError, match="config.trainer='distill'; expected one of"):
     cli.run_trainer(config, "c")
+
+
+# ------------------------------------------------------------------ layers
+
+# The package's layers, lowest first: a module imports modules of its own layer
+# and of the layers below it, never above (README, "Layout").
+LAYERS = (
+    ("shared", ("exit_codes", "files")),
+    ("model", ("model",)),
+    ("data", ("data",)),
+    ("training", ("training",)),
+    ("weights", ("weights",)),
+    ("programs", ("evaluation", "trainers", "inference")),
+    ("command line", ("cli", "tools")),
+    ("entry points", ("main", "finetune", "evaluate", "export", "predict", "convert",
+                      "benchmark", "aot")),
+)
+
+
+def _module_name(path: str) -> str:
+  rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+  return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def _layer(module: str) -> int:
+  if module == "mixmim_jax":
+    return len(LAYERS)                       # the lazy public surface sits on top
+  first = module.split(".")[1]
+  for rank, (_, tops) in enumerate(LAYERS):
+    if first in tops:
+      return rank
+  raise AssertionError(f"{module} is in no layer of LAYERS; add it there and to the README.")
+
+
+def _imports(path: str, known: set[str]) -> set[str]:
+  """Our modules `path` imports, at the top or inside functions."""
+  found = set()
+  for node in ast.walk(ast.parse(open(path).read(), path)):  # noqa: SIM115
+    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mixmim_jax"):
+      for alias in node.names:
+        sub = f"{node.module}.{alias.name}"
+        found.add(sub if sub in known else node.module)
+    elif isinstance(node, ast.Import):
+      found.update(a.name for a in node.names if a.name.startswith("mixmim_jax"))
+  return found
+
+
+def _graph(paths) -> dict[str, set[str]]:
+  names = {_module_name(p): p for p in paths}
+  return {m: _imports(p, set(names)) - {m} for m, p in names.items()}
+
+
+def _layer_violations(graph) -> list[str]:
+  return [f"{m} ({LAYERS[_layer(m)][0]}) imports {d} ({LAYERS[_layer(d)][0]})"
+          for m, deps in sorted(graph.items()) if m != "mixmim_jax"
+          for d in sorted(deps) if _layer(d) > _layer(m)]
+
+
+def _cycles(graph) -> list[list[str]]:
+  """Strongly connected components with more than one module (Tarjan)."""
+  index, low, stack, on, out = {}, {}, [], set(), []
+
+  def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on.add(v)
+    for w in graph.get(v, ()):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      comp = []
+      while True:
+        w = stack.pop()
+        on.discard(w)
+        comp.append(w)
+        if w == v:
+          break
+      if len(comp) > 1:
+        out.append(sorted(comp))
+
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return out
+
+
+def test_no_layer_imports_a_layer_above_it_and_no_circles():
+  graph = _graph(_modules())
+  assert not _layer_violations(graph), _layer_violations(graph)
+  assert not _cycles(graph), _cycles(graph)
+
+
+def test_the_layer_check_sees_an_upward_import_and_a_circle(tmp_path):
+  pkg = tmp_path / "mixmim_jax"
+  (pkg / "model").mkdir(parents=True)
+  (pkg / "weights").mkdir()
+  (pkg / "model" / "arch.py").write_text("from mixmim_jax.weights import hub\n")
+  (pkg / "weights" / "hub.py").write_text("def f():\n  from mixmim_jax.model import arch\n")
+  paths = [str(pkg / "model" / "arch.py"), str(pkg / "weights" / "hub.py")]
+  names = {p: os.path.relpath(p, str(tmp_path))[:-3].replace(os.sep, ".") for p in paths}
+  graph = {names[p]: _imports(p, set(names.values())) - {names[p]} for p in paths}
+  assert _layer_violations(graph) == [
+      "mixmim_jax.model.arch (model) imports mixmim_jax.weights.hub (weights)"]
+  assert _cycles(graph) == [["mixmim_jax.model.arch", "mixmim_jax.weights.hub"]]

@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixmim_jax import checkpointing, cli, loop, plan as plan_lib, sharding, train
-from mixmim_jax.decoder import MixMIMPretrainModel
-from mixmim_jax.steps import compile_steps
+from mixmim_jax import cli
+from mixmim_jax.model.decoder import MixMIMPretrainModel
 from mixmim_jax.tools import hlo_stats
+from mixmim_jax.trainers import pretrain
+from mixmim_jax.training import checkpointing, loop, plan as plan_lib, sharding
+from mixmim_jax.training.steps import compile_steps
 import train_fixtures as tf_
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,10 +90,10 @@ def test_resume_equals_uninterrupted(tmp_path, data_dir):
   """On the 8-device mesh: the restored state lands in the step's shardings."""
   config = tf_.tiny_config(data_dir, num_train_steps=4)
   config.mesh.update(dict(data=4, fsdp=2, model=1))
-  full = train.train(config, str(tmp_path / "full"))
-  part = train.train(config, str(tmp_path / "resumed"), stop_after=2)
+  full = pretrain.train(config, str(tmp_path / "full"))
+  part = pretrain.train(config, str(tmp_path / "resumed"), stop_after=2)
   assert part["final_step"] == 2
-  resumed = train.train(config, str(tmp_path / "resumed"))
+  resumed = pretrain.train(config, str(tmp_path / "resumed"))
   assert resumed["final_step"] == 4
   assert {k: v for k, v in full["history"].items() if k > 2} == resumed["history"]
   assert {k: v for k, v in full["history"].items() if k <= 2} == part["history"]
@@ -147,13 +149,13 @@ def test_plan_errors(changes, message, data_dir):
 
 def test_image_size_error(data_dir):
   with pytest.raises(ValueError, match="image_size=48"):
-    train.train(tf_.tiny_config(data_dir, **{"data.image_size": 48}), "/tmp/unused-mixmim")
+    pretrain.train(tf_.tiny_config(data_dir, **{"data.image_size": 48}), "/tmp/unused-mixmim")
 
 
 def test_missing_dataset_names_where_it_looked(tmp_path, data_dir):
   config = tf_.tiny_config(str(tmp_path / "nowhere"))
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere"))):
-    train.train(config, str(tmp_path / "wd"))
+    pretrain.train(config, str(tmp_path / "wd"))
 
 
 def test_two_processes_agree_with_one(data_dir, tmp_path):
@@ -198,7 +200,8 @@ def test_unknown_config_key_is_named():
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
   """A NaN batch at step 3 stops the run naming step 3; the step-2 checkpoint
   stays the latest and still restores."""
-  from mixmim_jax import checkpointing, data  # pylint: disable=import-outside-toplevel
+  from mixmim_jax import data  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.training import checkpointing
   real = data.pretrain_batches
 
   class Poisoned:
@@ -218,7 +221,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monke
   monkeypatch.setattr(data, "pretrain_batches", Poisoned)
   config = tf_.tiny_config(data_dir, num_train_steps=4)
   with pytest.raises(loop.NonFiniteLoss, match="at step 3"):
-    train.train(config, str(tmp_path))
+    pretrain.train(config, str(tmp_path))
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
   assert ckpt.latest_step() == 2
 
@@ -229,7 +232,8 @@ def test_gradient_accumulation_averages_micro_batches(data_dir, num_devices):
   micro-batch k holding the k-th half of every device's images, each with its own
   masks and dropout key, exactly as computed here by hand."""
   import optax  # pylint: disable=import-outside-toplevel
-  from mixmim_jax import masking, train_step  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.model import masking  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.training import train_step
   config = tf_.tiny_config(data_dir, batch_size=32, grad_accum_steps=2)
   config.mesh.update(dict(data=num_devices, fsdp=1, model=1))
   images = np.random.default_rng(3).standard_normal((32, 32, 32, 3)).astype(np.float32)

@@ -6,8 +6,8 @@ import contextlib
 import numpy as np
 import torch
 
-from mixmim_jax import tables
-from mixmim_jax.arch import ModelConfig
+from mixmim_jax.model import tables
+from mixmim_jax.model.arch import ModelConfig
 
 FIXED = ("absolute_pos_embed", "decoder_pos_embed", "relative_position_index")
 

@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 
-from mixmim_jax.recipes import pretrain_defaults
+from mixmim_jax.training.recipes import pretrain_defaults
 
 
 def write_idx_images(directory: str, count: int = 96, seed: int = 0) -> str:

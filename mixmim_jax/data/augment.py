@@ -13,9 +13,9 @@ import math
 import numpy as np
 from PIL import Image
 
-from mixmim_jax.data.tf_cpu import tf
 from mixmim_jax.data import config as config_lib
 from mixmim_jax.data import seeds
+from mixmim_jax.data.tf_cpu import tf
 
 ATTEMPTS = 10
 
@@ -177,7 +177,7 @@ def crop_resize_flip(payload, crop_key, flip_key, kind, cfg):
 def to_uint8_rgb(image):
   """The view as the host sends it: uint8 RGB (a grey image widened); a float
   image holds values on the 0..255 grid already. The device normalises it
-  (mixmim_jax/pixels.py)."""
+  (mixmim_jax/model/pixels.py)."""
   image = tf.broadcast_to(image, tf.concat([tf.shape(image)[:2], [3]], 0))
   if image.dtype == tf.uint8:
     return image

@@ -19,9 +19,9 @@ and masked; an example that cannot be decoded is left out, named and counted.
 import math
 
 
-from mixmim_jax.data.tf_cpu import tf
 from mixmim_jax.data import augment, pipeline, randaugment, seeds, sources
 from mixmim_jax.data import config as config_lib
+from mixmim_jax.data.tf_cpu import tf
 
 
 def describe(config, split=None) -> sources.DatasetInfo:

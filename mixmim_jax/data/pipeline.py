@@ -25,11 +25,11 @@ import logging
 
 import numpy as np
 
-from mixmim_jax.data.tf_cpu import tf
 from mixmim_jax.data import augment
 from mixmim_jax.data import config as config_lib
 from mixmim_jax.data import seeds
 from mixmim_jax.data import sources
+from mixmim_jax.data.tf_cpu import tf
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from mixmim_jax.data.tf_cpu import tf
 from mixmim_jax.data import seeds
+from mixmim_jax.data.tf_cpu import tf
 
 # (name, magnitude at level 0, magnitude at level 10, signed)
 OPS = (

@@ -23,9 +23,9 @@ import math
 import numpy as np
 from etils import epath
 
-from mixmim_jax.data.tf_cpu import tf
 from mixmim_jax.data import fashion_mnist
 from mixmim_jax.data import seeds
+from mixmim_jax.data.tf_cpu import tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 

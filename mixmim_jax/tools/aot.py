@@ -35,10 +35,11 @@ import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
-from mixmim_jax import cli, sharding  # noqa: E402
-from mixmim_jax.plan import make_plan  # noqa: E402
-from mixmim_jax.steps import compile_steps  # noqa: E402
+from mixmim_jax import cli  # noqa: E402
 from mixmim_jax.tools import chips, flops, hlo_stats, report  # noqa: E402
+from mixmim_jax.training import sharding
+from mixmim_jax.training.plan import make_plan  # noqa: E402
+from mixmim_jax.training.steps import compile_steps  # noqa: E402
 
 HEADROOM = 0.10
 # ImageNet-1k's training set: only the schedule's length depends on it.

@@ -44,10 +44,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mixmim_jax import cli, sharding  # noqa: E402
-from mixmim_jax.plan import make_plan  # noqa: E402
-from mixmim_jax.steps import compile_steps  # noqa: E402
+from mixmim_jax import cli  # noqa: E402
 from mixmim_jax.tools import chips, flops, hlo_stats, input_bench, report  # noqa: E402
+from mixmim_jax.training import sharding
+from mixmim_jax.training.plan import make_plan  # noqa: E402
+from mixmim_jax.training.steps import compile_steps  # noqa: E402
 
 # Whole models by name: --arch sets encoder and decoder as mmpretrain builds them.
 # "tiny" is the smallest MixMIM mmpretrain runs (ENVIRONMENT.md), for 64 px.

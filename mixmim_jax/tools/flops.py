@@ -14,10 +14,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from mixmim_jax import sharding
-from mixmim_jax.plan import Plan
-from mixmim_jax.steps import compile_steps
 from mixmim_jax.tools import hlo_stats
+from mixmim_jax.training import sharding
+from mixmim_jax.training.plan import Plan
+from mixmim_jax.training.steps import compile_steps
 
 
 def abstract_step_args(plan: Plan, fns, batch_shape: tuple[int, ...], mesh):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixmim_jax.arch import ModelConfig
+from mixmim_jax.model.arch import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import sys
 import types
 import warnings
 
-from mixmim_jax.arch import ModelConfig
+from mixmim_jax.model.arch import ModelConfig
 
 
 class _Stub(types.ModuleType):

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixmim_jax import masking, objective, pixels
-from mixmim_jax.decoder import MixMIMPretrainModel
-from mixmim_jax.plan import Plan
-from mixmim_jax.state import TrainState
+from mixmim_jax.model import masking, objective, pixels
+from mixmim_jax.model.decoder import MixMIMPretrainModel
+from mixmim_jax.training.plan import Plan
+from mixmim_jax.training.state import TrainState
 
 
 def _micro_batches(images, plan: Plan, accum: int):

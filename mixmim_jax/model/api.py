@@ -7,11 +7,11 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from mixmim_jax import masking, objective
-from mixmim_jax.arch import ModelConfig
-from mixmim_jax.decoder import MixMIMPretrainModel
-from mixmim_jax.encoder import MixMIMClassifier, MixMIMEncoder
-from mixmim_jax.linear_probe import LinearProbe
+from mixmim_jax.model import masking, objective
+from mixmim_jax.model.arch import ModelConfig
+from mixmim_jax.model.decoder import MixMIMPretrainModel
+from mixmim_jax.model.encoder import MixMIMClassifier, MixMIMEncoder
+from mixmim_jax.model.linear_probe import LinearProbe
 
 KINDS = ("classifier", "encoder", "pretrain", "linprobe")
 
@@ -60,7 +60,7 @@ def _normalized(images: jax.Array) -> jax.Array:
   silently run (the training steps normalise uint8 batches themselves)."""
   if not jnp.issubdtype(images.dtype, jnp.floating):
     raise TypeError(f"images are {images.dtype}; expected normalised float images: "
-                    "mixmim_jax.pixels.normalize(images, mean, std) makes them from "
+                    "mixmim_jax.model.pixels.normalize(images, mean, std) makes them from "
                     "uint8 pixels.")
   return images
 

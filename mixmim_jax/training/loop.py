@@ -28,10 +28,11 @@ import time
 import jax
 from etils import epath
 
-from mixmim_jax import files, metrics
-from mixmim_jax.arch import ModelConfig
-from mixmim_jax.startup import StartupClock
-from mixmim_jax.stopping import StopSignals, StopVote, preemption_sync_point
+from mixmim_jax import files
+from mixmim_jax.model.arch import ModelConfig
+from mixmim_jax.training import metrics
+from mixmim_jax.training.startup import StartupClock
+from mixmim_jax.training.stopping import StopSignals, StopVote, preemption_sync_point
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from mixmim_jax import tables
-from mixmim_jax.arch import NUM_STAGES, ModelConfig
+from mixmim_jax.model import tables
+from mixmim_jax.model.arch import NUM_STAGES, ModelConfig
 
 MMPRETRAIN = "mmpretrain"
 OFFICIAL = "official"        # the authors' Sense-X/MixMIM repository

@@ -11,10 +11,11 @@ import logging
 import jax
 import numpy as np
 
-from mixmim_jax import (checkpointing, data, loop, masking, metrics, sharding, startup,
-                        stopping, visualize)
-from mixmim_jax.plan import grouping_line, make_plan
-from mixmim_jax.steps import compile_steps
+from mixmim_jax import data
+from mixmim_jax.model import masking
+from mixmim_jax.training import checkpointing, loop, metrics, sharding, startup, stopping, visualize
+from mixmim_jax.training.plan import grouping_line, make_plan
+from mixmim_jax.training.steps import compile_steps
 
 logger = logging.getLogger(__name__)
 

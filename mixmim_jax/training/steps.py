@@ -7,9 +7,10 @@ import functools
 
 import jax
 
-from mixmim_jax import api, finetune_step, optim, sharding, train_step
-from mixmim_jax.plan import Plan
-from mixmim_jax.state import StepFns, TrainState, state_from_params
+from mixmim_jax.model import api
+from mixmim_jax.training import finetune_step, optim, sharding, train_step
+from mixmim_jax.training.plan import Plan
+from mixmim_jax.training.state import StepFns, TrainState, state_from_params
 
 
 def model_kind(plan: Plan, config) -> str:

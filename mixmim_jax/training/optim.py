@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixmim_jax import layer_decay, torch_format
-from mixmim_jax.arch import ModelConfig
+from mixmim_jax.model.arch import ModelConfig
+from mixmim_jax.training import layer_decay
 
 
 def warmup_cosine(lr: float, total_steps: int, warmup_steps: int,
@@ -69,25 +69,47 @@ def scale_by_schedules(schedules) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
-def weight_decay_mask(params, cfg: ModelConfig, kind: str, rule: str = "mmpretrain",
-                      finetune: bool = False):
-  """True where weight decay applies.
+# Which parameters each reference exempts from weight decay, by a parameter's
+# role in the model. mmpretrain writes its rules on its parameter names:
+# pretraining exempts names containing "ln" or "bias" (every bias, the blocks'
+# ln1/ln2, the decoder's final norm `neck.ln1`, and the relative position bias
+# tables), fine-tuning names containing ".ln" or ".bias" (every bias, the
+# blocks' ln1/ln2). The authors' code (timm) exempts every 1-D tensor and the
+# mask token. tests/test_optim.py checks each against the references' own
+# optimizer groups.
+MMPRETRAIN_EXEMPT = {
+    "pretrain": frozenset({"bias", "block_norm", "decoder_norm", "relative_position_table"}),
+    "finetune": frozenset({"bias", "block_norm"}),
+}
 
-  mmpretrain: exempt names containing 'ln' or 'bias' (pretraining) or '.ln' or
-  '.bias' (fine-tuning); the rules are written on its parameter names, so they
-  are applied to the very same names. authors (timm): exempt every 1-D tensor
-  and the mask token.
-  """
+
+def param_role(path: tuple[str, ...]) -> str:
+  """What a parameter (its path in the params tree) is, for the decay rules."""
+  leaf, parent = path[-1], (path[-2] if len(path) > 1 else "")
+  if leaf == "bias":
+    return "bias"
+  if leaf == "mask_token":
+    return "mask_token"
+  if leaf == "relative_position_bias_table":
+    return "relative_position_table"
+  if parent in ("ln1", "ln2"):
+    return "block_norm"
+  if parent == "norm":
+    return "decoder_norm" if path[0] == "decoder" else "norm"
+  return "weight"
+
+
+def weight_decay_mask(params, rule: str = "mmpretrain", finetune: bool = False):
+  """True where weight decay applies, under `rule` ("mmpretrain" or "authors")."""
   if rule not in ("mmpretrain", "authors"):
     raise ValueError(f"wd_rule={rule!r}; expected 'mmpretrain' or 'authors'.")
-  names = torch_format.torch_names(cfg, kind)
-  exempt = (".ln", ".bias") if finetune else ("ln", "bias")
+  exempt = MMPRETRAIN_EXEMPT["finetune" if finetune else "pretrain"]
 
   def decide(path, leaf):
-    keys = tuple(getattr(p, "key", p) for p in path)
+    role = param_role(tuple(getattr(p, "key", p) for p in path))
     if rule == "authors":
-      return leaf.ndim > 1 and keys[-1] != "mask_token"
-    return not any(e in names[keys] for e in exempt)
+      return leaf.ndim > 1 and role != "mask_token"
+    return role not in exempt
 
   return jax.tree_util.tree_map_with_path(decide, params)
 
@@ -104,7 +126,7 @@ def make_tx(plan, config, params_shapes):
   kind = "classifier" if finetune else "pretrain"
   # Masks as functions of the params they see: under the linear probe's
   # multi_transform the frozen encoder arrives as an empty node.
-  decay_mask = lambda p: weight_decay_mask(p, cfg, kind, o.wd_rule, finetune)  # noqa: E731
+  decay_mask = lambda p: weight_decay_mask(p, o.wd_rule, finetune)  # noqa: E731
   matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
   if o.name == "lars":   # MAE's LARS: no trust ratio and no decay on 1-D tensors
     inner = optax.lars(schedule, weight_decay=o.weight_decay, momentum=o.momentum,

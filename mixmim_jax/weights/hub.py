@@ -13,7 +13,7 @@ beside it, and from then on loads that file (no torch, no network).
 `pretrained=False` gives fresh weights, `pretrained=PATH` a local .pth or
 .msgpack used as given (no hash check, as mmpretrain does).
 
-Names are resolved here for every command: `params_io.read` asks `entry_for`
+Names are resolved here for every command: `sources.read` asks `entry_for`
 whether a source is a name before treating it as a path.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any, Mapping
 
 from etils import epath
 
-from mixmim_jax import downloads, files
+from mixmim_jax import files
+from mixmim_jax.weights import downloads, params_file
 
 HOME_ENV = files.HOME_ENV
 _ARCH_FIELDS = ("embed_dim", "depths", "num_heads", "patch_size", "img_size")
@@ -62,7 +63,7 @@ class ModelEntry:
     return found.group(1)
 
   def model_config(self):
-    from mixmim_jax.arch import ModelConfig  # pylint: disable=import-outside-toplevel
+    from mixmim_jax.model.arch import ModelConfig  # pylint: disable=import-outside-toplevel
     return ModelConfig.from_dict(dict(self.model))
 
 
@@ -158,22 +159,20 @@ def get_model(name: str, pretrained: bool | str | os.PathLike | None = True, *,
   (True), fresh ones (False / None), or a local .pth / .msgpack (a PATH)."""
   entry = lookup(name)
   if pretrained is None or pretrained is False:
-    from mixmim_jax import api, params_io  # pylint: disable=import-outside-toplevel
+    from mixmim_jax.model import api  # pylint: disable=import-outside-toplevel
     cfg = entry.model_config()
-    return params_io.ParamsFile(cfg, entry.kind, api.init_params(cfg, entry.kind))
+    return params_file.ParamsFile(cfg, entry.kind, api.init_params(cfg, entry.kind))
   if pretrained is True:
     return _published(entry, mirror, progress)
-  from mixmim_jax import params_io  # pylint: disable=import-outside-toplevel
-  loaded, _ = params_io.read(os.fspath(pretrained))
+  loaded, _ = params_file.read_file(os.fspath(pretrained))
   _check_matches(entry, loaded, os.fspath(pretrained))
   return loaded
 
 
 def _published(entry: ModelEntry, mirror, progress):
-  from mixmim_jax import params_io  # pylint: disable=import-outside-toplevel
   pth, converted = cache_paths(entry)
   if converted.exists():
-    loaded = params_io.load_params(str(converted))
+    loaded = params_file.load_params(str(converted))
     _check_matches(entry, loaded, str(converted))
     return loaded
   if not pth.exists():
@@ -192,10 +191,10 @@ def _published(entry: ModelEntry, mirror, progress):
                      f"once (pip install torch==2.13.0); or convert it elsewhere with "
                      f"python -m mixmim_jax.convert and put the .msgpack into {pth.parent}/.") \
         from e
-  loaded, _ = params_io.read(str(pth))
+  loaded, _ = params_file.read_file(str(pth))
   _check_matches(entry, loaded, str(pth))
-  params_io.save_params(str(converted), loaded.config, loaded.kind, loaded.params,
-                        classes=loaded.classes)
+  params_file.save_params(str(converted), loaded.config, loaded.kind, loaded.params,
+                          classes=loaded.classes)
   print(f"{entry.name}: converted once to {converted} (later loads need no torch)",
         file=sys.stderr, flush=True)
   return loaded

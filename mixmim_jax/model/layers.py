@@ -21,8 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mixmim_jax import tables
-from mixmim_jax.init_schemes import XAVIER, LinearInit
+from mixmim_jax.model import tables
+from mixmim_jax.model.init_schemes import XAVIER, LinearInit
 
 Dtype = Any
 

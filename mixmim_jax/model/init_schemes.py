@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mixmim_jax.arch import INIT_SCHEMES as SCHEMES
+from mixmim_jax.model.arch import INIT_SCHEMES as SCHEMES
 # main_finetune.py of the authors: trunc_normal_(model.head.weight, std=2e-5)
 # after loading pretrained weights.
 HEAD_STD_AFTER_LOAD = {"authors": 2e-5}

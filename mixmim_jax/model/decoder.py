@@ -5,11 +5,11 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mixmim_jax import init_schemes, masking, tables
-from mixmim_jax.arch import ModelConfig
-from mixmim_jax.block_stack import run_blocks
-from mixmim_jax.encoder import MixMIMEncoder
-from mixmim_jax.layers import TransformerBlock, dense, layer_norm
+from mixmim_jax.model import init_schemes, masking, tables
+from mixmim_jax.model.arch import ModelConfig
+from mixmim_jax.model.block_stack import run_blocks
+from mixmim_jax.model.encoder import MixMIMEncoder
+from mixmim_jax.model.layers import TransformerBlock, dense, layer_norm
 
 
 class MixMIMDecoder(nn.Module):

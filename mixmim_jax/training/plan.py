@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from mixmim_jax import recipes, sharding
-from mixmim_jax.arch import ModelConfig, model_config
+from mixmim_jax.model.arch import ModelConfig, model_config
+from mixmim_jax.training import recipes, sharding
 
 
 # The recipe's mask group: mmpretrain and the authors draw one mask per GPU batch

@@ -6,10 +6,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mixmim_jax import api, mixup, pixels
-from mixmim_jax.arch import ModelConfig
-from mixmim_jax.plan import Plan
-from mixmim_jax.state import TrainState
+from mixmim_jax.model import api, pixels
+from mixmim_jax.model.arch import ModelConfig
+from mixmim_jax.training import mixup
+from mixmim_jax.training.plan import Plan
+from mixmim_jax.training.state import TrainState
 
 
 def model_kind(task: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax
 
-from mixmim_jax.arch import ModelConfig
+from mixmim_jax.model.arch import ModelConfig
 
 RULES = ("mmpretrain", "authors")
 

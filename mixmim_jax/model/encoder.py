@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixmim_jax import init_schemes, masking, tables
-from mixmim_jax.arch import NUM_STAGES, ModelConfig
-from mixmim_jax.block_stack import run_blocks
-from mixmim_jax.init_schemes import InitScheme, LinearInit
-from mixmim_jax.layers import TransformerBlock, dense, layer_norm
+from mixmim_jax.model import init_schemes, masking, tables
+from mixmim_jax.model.arch import NUM_STAGES, ModelConfig
+from mixmim_jax.model.block_stack import run_blocks
+from mixmim_jax.model.init_schemes import InitScheme, LinearInit
+from mixmim_jax.model.layers import TransformerBlock, dense, layer_norm
 
 ENCODER_LN_EPS = 1e-5
 

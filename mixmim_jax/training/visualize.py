@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixmim_jax import masking, metrics, objective, pixels
-from mixmim_jax.arch import ModelConfig
-from mixmim_jax.decoder import MixMIMPretrainModel
+from mixmim_jax.model import masking, objective, pixels
+from mixmim_jax.model.arch import ModelConfig
+from mixmim_jax.model.decoder import MixMIMPretrainModel
+from mixmim_jax.training import metrics
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "norm_pix"))

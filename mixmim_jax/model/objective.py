@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mixmim_jax import masking
+from mixmim_jax.model import masking
 
 
 def patchify(images: jax.Array, patch: int) -> jax.Array:

@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mixmim_jax.arch import ModelConfig
-from mixmim_jax.encoder import MixMIMEncoder
+from mixmim_jax.model.arch import ModelConfig
+from mixmim_jax.model.encoder import MixMIMEncoder
 
 BN_EPS = 1e-6
 

@@ -1,0 +1,2 @@
+"""Evaluators: accuracy of a classifier over a split (and, in pretraining, of
+representation probes)."""

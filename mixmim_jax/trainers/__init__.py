@@ -1,0 +1,1 @@
+"""The two trainer programs built from training/: pretraining and fine-tuning."""
