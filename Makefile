@@ -22,13 +22,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: setup
 	$(WITH_TCMALLOC) $(PY) -m mixmim_jax.main --config=configs/fashion_mnist_pretrain.py --workdir=$(WORKDIR)
 
+# Two pytest workers: most of the suite's time is XLA compiling, one core each.
+PYTEST := $(PY) -m pytest -q -n 2 --dist worksteal
+
 test: setup-test
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # Also the slow tests (pytest.ini keeps them out of `make test`; each has a faster
 # test in the default run that covers the same behaviour).
 test-all: setup-test
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PYTEST) -m "slow or not slow"
 
 system-packages:
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \

@@ -15,7 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "fashion_mnist_pretrain.py")
 # Subprocesses share the tests' compilation cache: after the first, a run of the
 # same tiny model starts in seconds. (The compile-interrupting test goes without.)
-NO_CACHE_ENV = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+NO_CACHE_ENV = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=conftest.FAST_COMPILE,
+                    JAX_PLATFORMS="cpu")
 ENV = dict(NO_CACHE_ENV, **conftest.SUBPROCESS_CACHE_ENV)
 
 

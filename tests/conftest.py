@@ -3,8 +3,12 @@
 Must run before JAX initialises its backends, hence module-level and first."""
 import os
 
+# XLA:CPU's backend (LLVM) at -O0: the HLO, its fusions and every number stay
+# the same, and compiling, which is most of the suite's time, is about a third
+# faster (parity and loop-parity files: 142 -> 116 s, same results).
+FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8 " + FAST_COMPILE).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -62,9 +62,10 @@ def test_the_whole_chain_on_gs(emulator, tmp_path):
   Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(photo)
   cwd = tmp_path / "cwd"
   cwd.mkdir()
-  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="", STORAGE_EMULATOR_HOST=emulator,
-             TENSORSTORE_GCS_HTTP_URL=emulator, GOOGLE_AUTH_TOKEN_FOR_TESTING="test",
-             EPATH_USE_TF="false", GOOGLE_CLOUD_PROJECT="test", **conftest.SUBPROCESS_CACHE_ENV)
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=conftest.FAST_COMPILE,
+             STORAGE_EMULATOR_HOST=emulator, TENSORSTORE_GCS_HTTP_URL=emulator,
+             GOOGLE_AUTH_TOKEN_FOR_TESTING="test", EPATH_USE_TF="false",
+             GOOGLE_CLOUD_PROJECT="test", **conftest.SUBPROCESS_CACHE_ENV)
   proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "gcs_chain_worker.py"),
                          str(data), str(photo)], cwd=cwd, env=env, capture_output=True,
                         text=True, timeout=900)

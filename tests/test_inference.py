@@ -217,7 +217,7 @@ def test_export_evaluate_and_init_from_take_a_name(tiny_cache, tmp_path):
   # evaluate --model: a name resolves, a near miss is one sentence, never both flags.
   config = os.path.join(REPO, "configs", "fashion_mnist_finetune.py")
   run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=""))
+                          env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=""))  # nothing compiles
   near = run([sys.executable, "-m", "mixmim_jax.evaluate", f"--config={config}",
               f"--model={BASE_CLS[:-2]}"])
   assert near.returncode == 1 and f"the closest are {BASE_CLS!r}" in near.stdout + near.stderr

@@ -29,7 +29,7 @@ from cli_runs import ENV, Trainer, tiny_args
 # Each stop comes at most ~12 steps into its job (a signal 6 steps in, then
 # JAX's notifier, which looks once a second, and the vote's one step).
 STEPS_PER_STOP = 12
-PAIR_ENV = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+PAIR_ENV = dict(ENV, XLA_FLAGS=ENV["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2")
 
 
 @pytest.fixture(scope="module")

@@ -180,9 +180,10 @@ def test_a_signal_during_the_first_compile_stops_at_once(tmp_path, data_dir, sig
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, data_dir,
                                                                       caplog):
   from mixmim_jax.trainers import pretrain  # pylint: disable=import-outside-toplevel
-  config = train_fixtures.tiny_config(data_dir, num_train_steps=4)
+  # One program for both jobs: the same config, the first stopped after step 4.
+  config = train_fixtures.tiny_config(data_dir, num_train_steps=6)
   work = str(tmp_path / "run")
-  pretrain.train(config, work)
+  pretrain.train(config, work, stop_after=4)
   ckpts = os.path.join(work, "checkpoints")
   # Truncate every array file of the newest checkpoint.
   truncated = 0
@@ -194,7 +195,6 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, 
           f.truncate(max(1, os.path.getsize(path) // 3))
         truncated += 1
   assert truncated
-  config.num_train_steps = 6
   with caplog.at_level("INFO"):
     result = pretrain.train(config, work)
   assert result["final_step"] == 6

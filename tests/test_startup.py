@@ -6,27 +6,29 @@ from __future__ import annotations
 import re
 import time
 
+import numpy as np
 import pytest
 
+from mixmim_jax.trainers import pretrain
 from mixmim_jax.training import startup
 import train_fixtures
-from cli_runs import ENV, run_cli, tiny_args
-
-LINE = re.compile(r"time to the first step ([\d.]+) s: (.*)")
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return train_fixtures.write_idx_images(str(tmp_path_factory.mktemp("fmnist")), count=64)
 
 
-def _first_step(data_dir, cache, work, *extra):
-  """(phases, programs loaded, programs compiled) of one fresh process."""
-  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  result = run_cli(tiny_args(data_dir, steps=1, batch_size=4) + [
-      f"--workdir={work}", f"--config.compile_cache={cache}", *extra], env=env)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  [(total, parts)] = LINE.findall(result.stdout + result.stderr)
+def _first_step(data_dir, work, caplog, **changes):
+  """(phases, programs loaded, programs compiled and written) of one trainer
+  start in this process, whose compiled programs are gone with the run: a new
+  start is a restart, and only the persistent cache (tests/conftest.py's, as a
+  run's WORKDIR/compile_cache) can spare it a compile."""
+  config = train_fixtures.tiny_config(data_dir, num_train_steps=1, batch_size=16, **changes)
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    pretrain.train(config, str(work))
+  [line] = [r.getMessage() for r in caplog.records if "time to the first step" in r.getMessage()]
+  total, parts = LINE.search(line).groups()
   phases = {name: float(s) for name, s in re.findall(r"(\w[\w ]*?) ([\d.]+) s", parts)}
   loaded, written = map(int, re.search(r"cache: (\d+) programs loaded, (\d+) compiled",
                                        parts).groups())
@@ -34,18 +36,24 @@ def _first_step(data_dir, cache, work, *extra):
   return phases, loaded, written
 
 
-def test_a_second_run_loads_and_a_changed_one_compiles(tmp_path, data_dir):
-  cache = str(tmp_path / "cache")
-  cold, loaded, written = _first_step(data_dir, cache, tmp_path / "a")
-  assert loaded == 0 and written >= 2           # init and the step, at least
+LINE = re.compile(r"time to the first step ([\d.]+) s: (.*)")
+
+
+def test_a_restart_loads_and_a_changed_config_compiles(tmp_path, data_dir, caplog):
+  # A learning rate no earlier run used: its step is a program not yet cached.
+  lr = float(np.random.default_rng().uniform(1e-4, 2e-4))
+  cold, loaded, written = _first_step(data_dir, tmp_path / "a", caplog,
+                                      **{"optim.base_lr": lr})
+  assert written >= 1                           # the step, at least
   for phase in ("imports", "setup", "init", "data pipeline", "first step", "trace", "compile"):
     assert phase in cold, cold
-  warm, loaded, written = _first_step(data_dir, cache, tmp_path / "b")
-  assert written == 0 and loaded >= 2
+  warm, loaded, written = _first_step(data_dir, tmp_path / "b", caplog,
+                                      **{"optim.base_lr": lr})
+  assert written == 0 and loaded >= 2, (loaded, written)   # init and step, loaded
   assert warm["compile"] < 0.5 * cold["compile"], (cold, warm)
-  # Another mesh (FSDP over the 2 devices) and mask ratio: other programs.
-  _, loaded, written = _first_step(data_dir, cache, tmp_path / "c", "--config.mesh.data=1",
-                                   "--config.mesh.fsdp=2", "--config.mask_ratio=0.75")
+  # Another mesh (FSDP over the devices) and mask ratio: other programs.
+  _, loaded, written = _first_step(data_dir, tmp_path / "c", caplog,
+                                   **{"optim.base_lr": lr, "mesh.fsdp": 2, "mask_ratio": 0.75})
   assert written >= 2, "a changed config reused compiled programs"
 
 

@@ -37,31 +37,39 @@ def _step_on(devices, mesh_cfg, config, images):
   return jax.device_get(state.params), jax.device_get(metrics), fns, plan
 
 
-def test_sharded_step_equals_single_device(data_dir):
-  """data=4 x fsdp=2 gives the loss and params of one device (same mask groups)."""
-  config = tf_.tiny_config(data_dir, group_size=4, batch_size=32)
-  images = np.random.default_rng(0).standard_normal((32, 32, 32, 3)).astype(np.float32)
-  config.mesh.update(dict(data=4, fsdp=2, model=1))
-  sharded_params, sharded_metrics, _, plan8 = _step_on(jax.devices(), config.mesh, config, images)
+# One config for the sharded-equals-single-device tests: stacks of 2 blocks run
+# as scans, groups of 4; the single-device step is compiled once for all.
+SCANNED = {"model.depths": (1, 1, 2, 2), "model.decoder_depth": 2}
+
+
+def _scanned_config(data_dir):
+  return tf_.tiny_config(data_dir, group_size=4, batch_size=32, **SCANNED)
+
+
+@pytest.fixture(scope="module")
+def scanned_single_device(data_dir):
+  """(images, params and metrics after one step on one device)."""
+  config = _scanned_config(data_dir)
+  images = np.random.default_rng(2).standard_normal((32, 32, 32, 3)).astype(np.float32)
   config.mesh.update(dict(data=1, fsdp=1, model=1))
-  single_params, single_metrics, _, plan1 = _step_on(jax.devices()[:1], config.mesh, config,
-                                                     images)
-  assert plan8.num_groups == plan1.num_groups == 8
-  np.testing.assert_allclose(sharded_metrics["loss"], single_metrics["loss"], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(sharded_params), jax.tree.leaves(single_params)):
+  params, metrics, _, plan = _step_on(jax.devices()[:1], config.mesh, config, images)
+  assert plan.num_groups == 8
+  return images, params, metrics
+
+
+def _assert_same_step(params, metrics, single):
+  _, p1, m1 = single
+  np.testing.assert_allclose(metrics["loss"], m1["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p1)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_model_axis_step_equals_single_device(data_dir):
-  config = tf_.tiny_config(data_dir, group_size=4, batch_size=16)
-  images = np.random.default_rng(1).standard_normal((16, 32, 32, 3)).astype(np.float32)
+def test_model_axis_step_equals_single_device(data_dir, scanned_single_device):
+  """data=4 x model=2 (the MLP and qkv kernels split) gives one device's step."""
+  config = _scanned_config(data_dir)
   config.mesh.update(dict(data=4, fsdp=1, model=2))
-  p8, m8, _, _ = _step_on(jax.devices(), config.mesh, config, images)
-  config.mesh.update(dict(data=1, fsdp=1, model=1))
-  p1, m1, _, _ = _step_on(jax.devices()[:1], config.mesh, config, images)
-  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  p8, m8, _, _ = _step_on(jax.devices(), config.mesh, config, scanned_single_device[0])
+  _assert_same_step(p8, m8, scanned_single_device)
 
 
 def test_data_parallel_step_moves_no_activations(data_dir):
@@ -115,10 +123,17 @@ def _pretrain_configs():
   return [p for p in paths if _load_config_module(p).get_config().trainer == "pretrain"]
 
 
+# The configs whose compute choices no other test compiles: float32 with remat
+# (base) and bfloat16 with FSDP and remat (huge). large is huge without remat,
+# and fashion_mnist is the float32 default every other test compiles.
+COMPILED_CONFIGS = ("base_pretrain.py", "huge_pretrain.py")
+
+
 @pytest.mark.parametrize("path", _pretrain_configs(), ids=os.path.basename)
-def test_every_config_compiles_one_step(path, data_dir):
-  """Each shipped config loads, and one step of it compiles and runs at a tiny size
-  on 8 devices with its own dtype, remat and mesh choices (fsdp kept if it fits)."""
+def test_every_config_plans_and_compiles_one_step(path, data_dir):
+  """Each shipped config loads and plans; those in COMPILED_CONFIGS also compile
+  and run one step at a tiny size on 8 devices with their own dtype, remat and
+  mesh choices (fsdp kept if it fits)."""
   config = _load_config_module(path).get_config()
   assert config.batch_size > 0 and config.data.image_size % 32 == 0
   tiny = tf_.tiny_config(data_dir)
@@ -129,9 +144,12 @@ def test_every_config_compiles_one_step(path, data_dir):
     (config[parent] if parent else config)[leaf] = (tiny[parent] if parent else tiny)[leaf]
   config.batch_size, config.num_train_steps = 16, 1
   config.mesh.data = -1
-  images = np.random.default_rng(0).standard_normal((16, 32, 32, 3)).astype(np.float32)
-  _, metrics, _, _ = _step_on(jax.devices(), config.mesh, config, images)
-  assert np.isfinite(metrics["loss"])
+  plan = plan_lib.make_plan(config, num_examples=1000, num_devices=8)
+  assert plan.total_steps == 1
+  if os.path.basename(path) in COMPILED_CONFIGS:
+    images = np.random.default_rng(0).standard_normal((16, 32, 32, 3)).astype(np.float32)
+    _, metrics, _, _ = _step_on(jax.devices(), config.mesh, config, images)
+    assert np.isfinite(metrics["loss"])
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -167,7 +185,8 @@ def test_two_processes_agree_with_one(data_dir, tmp_path):
   import sys  # pylint: disable=import-outside-toplevel
   worker = os.path.join(REPO, "tests", "multiprocess_worker.py")
   import conftest  # pylint: disable=import-outside-toplevel
-  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="", **conftest.SUBPROCESS_CACHE_ENV)
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=conftest.FAST_COMPILE,
+             **conftest.SUBPROCESS_CACHE_ENV)
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = str(s.getsockname()[1])
@@ -219,18 +238,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, monke
       return batch
 
   monkeypatch.setattr(data, "pretrain_batches", Poisoned)
-  config = tf_.tiny_config(data_dir, num_train_steps=4)
+  # The program of test_robustness.py's damaged-checkpoint test (6 steps).
+  config = tf_.tiny_config(data_dir, num_train_steps=6)
   with pytest.raises(loop.NonFiniteLoss, match="at step 3"):
     pretrain.train(config, str(tmp_path))
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
   assert ckpt.latest_step() == 2
 
 
-@pytest.mark.parametrize("num_devices", [1, 8])
-def test_gradient_accumulation_averages_micro_batches(data_dir, num_devices):
-  """grad_accum_steps=2: the update uses the mean gradient of two micro-batches,
-  micro-batch k holding the k-th half of every device's images, each with its own
-  masks and dropout key, exactly as computed here by hand."""
+def test_gradient_accumulation_averages_micro_batches(data_dir):
+  """grad_accum_steps=2 on 8 devices: the update uses the mean gradient of two
+  micro-batches, micro-batch k holding the k-th half of every device's images,
+  each with its own masks and dropout key, exactly as computed here by hand."""
+  num_devices = 8
   import optax  # pylint: disable=import-outside-toplevel
   from mixmim_jax.model import masking  # pylint: disable=import-outside-toplevel
   from mixmim_jax.training import train_step
@@ -276,18 +296,18 @@ def test_checkpointer_takes_a_relative_directory(tmp_path, monkeypatch):
 
 
 
-def test_fsdp_scanned_step_equals_single_device(data_dir):
+def test_fsdp_scanned_step_equals_single_device(data_dir, scanned_single_device):
   """Stacks of 2 blocks run as scans under data=4 x fsdp=2 and give the loss and
-  params of one device. The step pins each scan's carry to the batch sharding
-  (sharding.activation_rules: without it, XLA's propagation loses the batch
-  split inside the loop under FSDP; AOT, large on v5p-32: 104 GiB per chip
-  with 12 all-to-alls, against 21 GiB); the same model outside those rules has
-  no constraint."""
-  config = tf_.tiny_config(data_dir, group_size=4, batch_size=32,
-                           **{"model.depths": (1, 1, 2, 2), "model.decoder_depth": 2})
-  images = np.random.default_rng(2).standard_normal((32, 32, 32, 3)).astype(np.float32)
+  params of one device, with the same mask groups. The step pins each scan's
+  carry to the batch sharding (sharding.activation_rules: without it, XLA's
+  propagation loses the batch split inside the loop under FSDP; AOT, large on
+  v5p-32: 104 GiB per chip with 12 all-to-alls, against 21 GiB); the same model
+  outside those rules has no constraint."""
+  config = _scanned_config(data_dir)
+  images = scanned_single_device[0]
   config.mesh.update(dict(data=4, fsdp=2, model=1))
   p8, m8, fns, plan = _step_on(jax.devices(), config.mesh, config, images)
+  assert plan.num_groups == 8
   batch = jax.ShapeDtypeStruct((32, 32, 32, 3), jnp.float32, sharding=fns.batch_sharding)
   lowered = fns.step.lower(fns.abstract_state_sharded(), batch, jax.random.key(1)).as_text()
   # Encoder stages 2-3 and the decoder: one constraint per scan body, forward.
@@ -297,11 +317,7 @@ def test_fsdp_scanned_step_equals_single_device(data_dir):
   masks = jnp.zeros((plan.num_groups, plan.model.num_mask_cells))
   apply = jax.jit(model.apply).lower({"params": fns.abstract_state.params}, batch, masks)
   assert "sharding_constraint" not in apply.as_text()
-  config.mesh.update(dict(data=1, fsdp=1, model=1))
-  p1, m1, _, _ = _step_on(jax.devices()[:1], config.mesh, config, images)
-  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  _assert_same_step(p8, m8, scanned_single_device)
 
 
 @pytest.mark.parametrize("slice_, chips, group, masks", [
