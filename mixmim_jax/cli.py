@@ -246,12 +246,16 @@ def run_tool(tool_main, checkpoint_flag: str) -> None:
   _define("model", lambda: flags.DEFINE_string(
       "model", None, "a published model's name instead of --checkpoint "
       "(python -m mixmim_jax.predict --list)."))
+  _define("compile_cache", lambda: flags.DEFINE_string(
+      "compile_cache", "auto", "where compiled programs are kept across runs: a path, 'off', "
+      "or 'auto' ($MIXMIM_JAX_HOME/compile_cache, by default ~/.cache/mixmim_jax/...)."))
   flags.mark_flags_as_required(["config"])
   flags.mark_flags_as_mutual_exclusive(["checkpoint", "model"], required=True)
   _preflight(sys.argv)
 
   def wrapped(argv):
     setup_logging()
+    startup.enable_cache(FLAGS.compile_cache)
     try:
       tool_main(argv)
     except user_errors() as e:

@@ -16,16 +16,23 @@ An image that cannot be decoded is not scored, and the result names it.
 """
 from __future__ import annotations
 
+import logging
+
 import jax
 
 from mixmim_jax.evaluation import accuracy
+from mixmim_jax.training import startup
 
 
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   from mixmim_jax import cli  # pylint: disable=import-outside-toplevel
   del argv
+  clock = startup.StartupClock()
+  clock.mark("imports")
   result = accuracy.evaluate_checkpoint(cli.checkpoint_or_model(), flags.FLAGS.config)
+  clock.mark("load and evaluate")
+  logging.getLogger(__name__).info("%s", clock.report("the result"))
   if jax.process_index() == 0:
     print(accuracy.summary(result), flush=True)
 

@@ -67,6 +67,9 @@ def main(argv=None) -> int:
   parser.add_argument("--show-dir", default=None,
                       help="write a PNG per image (classifier) or of the mixed pair (pretraining)")
   parser.add_argument("--seed", type=int, default=0, help="the pretraining model's mask")
+  parser.add_argument("--compile-cache", default="auto",
+                      help="where compiled programs are kept across runs: a path, 'off', or "
+                           "'auto' ($MIXMIM_JAX_HOME/compile_cache)")
   args = parser.parse_args(argv)
   if args.list is not None:
     print(list_table(args.list or None))
@@ -81,12 +84,19 @@ def main(argv=None) -> int:
     return 1
   try:
     from mixmim_jax import inference  # pylint: disable=import-outside-toplevel
+    from mixmim_jax.training import startup  # pylint: disable=import-outside-toplevel
     from mixmim_jax.weights import hub  # pylint: disable=import-outside-toplevel
+    startup.enable_cache(args.compile_cache)
+    clock = startup.StartupClock()
+    clock.mark("imports")
     model = inference.load(hub.lookup(args.model).name if args.model else args.checkpoint)
+    clock.mark("load")
     if model.kind == "pretrain":
       _print_reconstruction(inference.reconstruct(
           model, args.images, show_dir=args.show_dir, seed=args.seed, mean=args.mean,
           std=args.std), args.images)
+      clock.mark("predict")
+      print(clock.report("the result"), file=sys.stderr)
       return 0
     if model.kind != "classifier" or model.config.num_classes == 0:
       raise ValueError("this params file holds an encoder without a classifier head; "
@@ -94,6 +104,8 @@ def main(argv=None) -> int:
     names = test_view.class_names(model.config.num_classes, args.labels, model.classes)
     results = inference.inference_model(model, args.images, classes=names, mean=args.mean,
                                         std=args.std, show_dir=args.show_dir)
+    clock.mark("predict")
+    print(clock.report("the result"), file=sys.stderr)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -58,14 +58,21 @@ def test_a_restart_loads_and_a_changed_config_compiles(tmp_path, data_dir, caplo
 
 
 def test_the_cache_lives_where_it_is_told(tmp_path, monkeypatch):
+  import jax  # pylint: disable=import-outside-toplevel
+  given = jax.config.jax_compilation_cache_dir     # this suite's (tests/conftest.py)
+  assert startup.cache_dir("auto", "gs://b/run") == given
   monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
   monkeypatch.setenv("MIXMIM_JAX_HOME", str(tmp_path / "home"))
-  assert startup.cache_dir("auto", "gs://b/run") == "gs://b/run/compile_cache"
-  assert startup.cache_dir("auto") == str(tmp_path / "home" / "compile_cache")
-  assert startup.cache_dir("off", "gs://b/run") is None
-  assert startup.cache_dir("/elsewhere", "gs://b/run") == "/elsewhere"
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/set/by/user")
-  assert startup.cache_dir("auto", "gs://b/run") == "/set/by/user"
+  jax.config.update("jax_compilation_cache_dir", None)
+  try:
+    assert startup.cache_dir("auto", "gs://b/run") == "gs://b/run/compile_cache"
+    assert startup.cache_dir("auto") == str(tmp_path / "home" / "compile_cache")
+    assert startup.cache_dir("off", "gs://b/run") is None
+    assert startup.cache_dir("/elsewhere", "gs://b/run") == "/elsewhere"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/set/by/user")
+    assert startup.cache_dir("auto", "gs://b/run") == "/set/by/user"
+  finally:
+    jax.config.update("jax_compilation_cache_dir", given)
 
 
 def test_phases_leave_compile_time_out():

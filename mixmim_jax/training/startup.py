@@ -46,15 +46,17 @@ _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 def cache_dir(setting: str, workdir: str | None = None) -> str | None:
   """Where compiled programs are kept: `setting` is a path, "off", or "auto":
-  JAX_COMPILATION_CACHE_DIR when set, else WORKDIR/compile_cache for a run and
+  the cache this process was given (JAX_COMPILATION_CACHE_DIR, or JAX's config
+  set by a program that embeds us), else WORKDIR/compile_cache for a run and
   the user cache for a one-shot command."""
   setting = (setting or "auto").strip()
   if setting.lower() in OFF:
     return None
   if setting != "auto":
     return setting
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  given = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
+  if given:
+    return given
   if workdir:
     return str(epath.Path(workdir) / "compile_cache")
   return str(files.user_cache() / "compile_cache")
