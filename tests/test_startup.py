@@ -88,3 +88,16 @@ def test_phases_leave_compile_time_out():
   assert clock.phases["trace"] + clock.phases["compile"] > 0
   assert 0.19 < clock.phases["work"] < 0.19 + 0.5, clock.phases
   assert "time to the first step" in clock.report() and "programs loaded" in clock.report()
+
+
+def test_the_restart_benchmark_reads_the_clocks_line():
+  """tools/restart_bench.py parses the line StartupClock.report writes."""
+  from mixmim_jax.tools import restart_bench  # pylint: disable=import-outside-toplevel
+  clock = startup.StartupClock()
+  clock.mark("imports")
+  clock.mark("restore")
+  out = (f"x INFO loop: {clock.report()}\nstep       2/4 | loss 1.0 | step 700 ms (data 1 ms)\n"
+         "step       3/4 | loss 1.0 | step 800 ms (data 1 ms)\nWALL 12.5\n")
+  got = restart_bench.phases(out)
+  assert set(got) >= {"imports", "restore", "trace", "compile", "total", "wall", "loaded"}
+  assert got["wall"] == 12.5 and got["later step"] == 0.8 and got["compiled"] == 0

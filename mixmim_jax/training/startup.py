@@ -71,6 +71,9 @@ def enable_cache(setting: str, workdir: str | None = None) -> str | None:
     return None
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", path)
+  # Every program, not only those over JAX's default second of compiling: a
+  # restart's small programs (normalising, the stop vote, softmax) add up.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   logger.info("compilation cache: %s", path)
   return path
 
@@ -103,6 +106,13 @@ class _Compiles:
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     jax.monitoring.register_event_listener(on_event)
+
+
+def compile_seconds() -> float:
+  """Seconds this process has spent tracing and compiling so far (counted from
+  the first call of this or of StartupClock)."""
+  _Compiles.register()
+  return sum(_Compiles.seconds.values())
 
 
 class StartupClock:
