@@ -51,10 +51,13 @@ def test_a_restart_loads_and_a_changed_config_compiles(tmp_path, data_dir, caplo
                                       **{"optim.base_lr": lr})
   assert written == 0 and loaded >= 2, (loaded, written)   # init and step, loaded
   assert warm["compile"] < 0.5 * cold["compile"], (cold, warm)
-  # Another mesh (FSDP over the devices) and mask ratio: other programs.
+  # Another mesh (FSDP over the devices), same learning rate: the step is
+  # another program, which no run before had (its lr is this test's). The init
+  # program may be cached already: other tests of this worker build the same
+  # model on the same mesh, so only the step is counted.
   _, loaded, written = _first_step(data_dir, tmp_path / "c", caplog,
-                                   **{"optim.base_lr": lr, "mesh.fsdp": 2, "mask_ratio": 0.75})
-  assert written >= 2, "a changed config reused compiled programs"
+                                   **{"optim.base_lr": lr, "mesh.fsdp": 2})
+  assert written >= 1, "a changed mesh reused the compiled step"
 
 
 def test_the_cache_lives_where_it_is_told(tmp_path, monkeypatch):
