@@ -144,8 +144,12 @@ def initialize_distributed() -> int:
 
 def user_errors() -> tuple[type[BaseException], ...]:
   """The exceptions that are a user's to fix: reported as one sentence."""
-  from mixmim_jax.training.loop import NonFiniteLoss  # pylint: disable=import-outside-toplevel
-  return (UserError, ValueError, FileNotFoundError, IsADirectoryError, NonFiniteLoss)
+  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.files import StorageError
+  from mixmim_jax.training.loop import NonFiniteLoss
+  from mixmim_jax.training.workdir_lock import WorkdirBusy
+  return (UserError, ValueError, FileNotFoundError, IsADirectoryError, NonFiniteLoss,
+          StorageError, WorkdirBusy)
 
 
 def command(main_fn) -> int:
@@ -182,13 +186,23 @@ def _trainer_main(argv) -> None:
   # From here on a stop signal (SIGTERM, Ctrl-C, ...) stops the run cleanly, at any moment.
   with stopping.StopSignals() as signals:
     try:
+      if not (FLAGS.workdir or "").strip():
+        raise UserError(f"--workdir={FLAGS.workdir!r} is empty; give the directory for this "
+                        "run's checkpoints and logs, e.g. --workdir=runs/mine.")
       signals.shared = initialize_distributed() > 1
       import jax  # pylint: disable=import-outside-toplevel
+      from mixmim_jax.training import workdir_lock  # pylint: disable=import-outside-toplevel
       config = FLAGS.config
-      startup.enable_cache(config.get("compile_cache", "auto"), FLAGS.workdir)
-      logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__,
-                   jax.process_count(), jax.device_count(), jax.devices()[0].platform)
-      result = run_trainer(config, FLAGS.workdir, signals=signals)
+      # One run per workdir, before anything in it is read or written.
+      lock = workdir_lock.take(FLAGS.workdir, jax.process_index(), jax.process_count())
+      signals.before_exit.append(lock.release)
+      try:
+        startup.enable_cache(config.get("compile_cache", "auto"), FLAGS.workdir)
+        logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__,
+                     jax.process_count(), jax.device_count(), jax.devices()[0].platform)
+        result = run_trainer(config, FLAGS.workdir, signals=signals)
+      finally:
+        lock.release()
     except user_errors() as e:
       _report(e)
       sys.exit(exit_codes.ERROR)

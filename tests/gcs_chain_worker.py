@@ -1,6 +1,6 @@
 """The whole chain with every workdir and file on gs://, as one process:
 pretrain -> fine-tune (init_from the pretraining workdir) -> evaluate ->
-export -> predict. Run by tests/test_gcs_chain.py against a local GCS emulator
+export -> predict, and the workdir lock. Run by tests/test_gcs_chain.py against a local GCS emulator
 (the environment points etils.epath's gcsfs and tensorstore at it); prints a
 JSON summary as its last line.
 
@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +21,7 @@ import train_fixtures  # noqa: E402
 from mixmim_jax import export, inference  # noqa: E402
 from mixmim_jax.evaluation import accuracy  # noqa: E402
 from mixmim_jax.trainers import finetune, pretrain  # noqa: E402
-from mixmim_jax.training import recipes
+from mixmim_jax.training import recipes, workdir_lock  # noqa: E402
 
 logging.getLogger("gcsfs").setLevel(logging.ERROR)   # "no credentials": the emulator needs none
 data_dir, photo = sys.argv[1], sys.argv[2]
@@ -46,6 +47,19 @@ scores = accuracy.evaluate_checkpoint(f"{BUCKET}/ft", ft)
 export.export(f"{BUCKET}/ft", f"{BUCKET}/model.msgpack")
 top5 = inference.top_k(inference.load(f"{BUCKET}/model.msgpack"), [photo])[0]
 
+# One run per workdir on gs:// too: a second run is refused while the first
+# holds the lock; a lock whose heartbeat stopped long ago is taken over.
+held = workdir_lock.take(f"{BUCKET}/pre", 0, 1)
+try:
+  workdir_lock.take(f"{BUCKET}/pre", 0, 1)
+  busy = "taken twice"
+except workdir_lock.WorkdirBusy as e:
+  busy = str(e)
+held.release()
+stale = epath.Path(f"{BUCKET}/stale/run.lock")
+stale.write_text(json.dumps(dict(host="elsewhere", pid=1, heartbeat=time.time() - 3600,
+                                 token="theirs")))
+workdir_lock.take(f"{BUCKET}/stale", 0, 1).release()
 
 
 def walk(path):
@@ -58,4 +72,5 @@ def walk(path):
 
 files = sorted(walk(epath.Path(BUCKET)))
 print(json.dumps(dict(pretrain_steps=pretrained["final_step"], finetune_steps=tuned["final_step"],
-                      eval_count=scores["count"], top5=[row[0] for row in top5], files=files)))
+                      eval_count=scores["count"], top5=[row[0] for row in top5], files=files,
+                      busy=busy)))

@@ -317,11 +317,73 @@ def test_export_with_an_extra_flax_param_fails(tmp_path, classifier_params):
   assert not dst.exists()
 
 
-def test_export_destination_must_be_torch(tmp_path, classifier_params):
+def test_export_destination_must_say_what_it_is(tmp_path, classifier_params):
   src = tmp_path / "p.msgpack"
   save_params(str(src), CFG, "classifier", classifier_params)
-  with pytest.raises(SystemExit, match="needs a .pth or .pt destination, got '.*out.npz'"):
+  with pytest.raises(SystemExit, match="cannot tell what to write to '.*out.npz' from its name: "
+                     "end it in .msgpack"):
     convert.main([str(src), str(tmp_path / "out.npz")])
+
+
+def _files(root):
+  return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_every_output_is_what_its_name_says(tmp_path, classifier_params, capsys):
+  """`convert X.pth Y.pth` and `export --out model.pth` write PyTorch files in
+  --format's layout that torch loads; a name that says neither, --format for a
+  params file, or an --out that is a folder is refused in one sentence before
+  anything is read or written, and no temporary file is left."""
+  from mixmim_jax import export  # pylint: disable=import-outside-toplevel
+  classes = [f"class {i}" for i in range(10)]
+  src = tmp_path / "cls.msgpack"
+  save_params(str(src), CFG, "classifier", classifier_params, classes=classes)
+  pth, official, back = tmp_path / "cls.pth", tmp_path / "official.pth", tmp_path / "back.msgpack"
+  assert convert.main([str(src), str(pth)]) == 0
+  assert convert.main([str(pth), str(official), "--format", "official"]) == 0   # .pth -> .pth
+  theirs = torch.load(official, map_location="cpu", weights_only=True)
+  assert "head.weight" in theirs["model"] and "patch_embed.proj.weight" in theirs["model"]
+  assert theirs["meta"]["dataset_meta"]["classes"] == classes
+  assert convert.main([str(official), str(back)]) == 0
+  assert_trees_equal(load_params(str(back)).params, classifier_params)
+  assert load_params(str(back)).classes == tuple(classes)
+  for fmt, wrapper, key in ((None, "state_dict", "backbone.norm.weight"),
+                            ("official", "model", "norm.weight")):
+    out = tmp_path / f"export-{fmt}.pth"
+    assert export.main(["--checkpoint", str(src), "--out", str(out)]
+                       + (["--format", fmt] if fmt else [])) == 0
+    written = torch.load(out, map_location="cpu", weights_only=True)   # a real torch file
+    np.testing.assert_array_equal(written[wrapper][key].numpy(),
+                                  classifier_params["encoder"]["norm"]["scale"])
+  capsys.readouterr()
+
+  (tmp_path / "a_folder.msgpack").mkdir()
+  before = _files(tmp_path)
+  refused = [
+      (convert.main, [str(src), str(tmp_path / "y.bin")],
+       f"cannot tell what to write to '{tmp_path / 'y.bin'}' from its name"),
+      (convert.main, [str(pth), str(tmp_path / "y.msgpack"), "--format", "official"],
+       "--format official is the layout of a PyTorch checkpoint, but"),
+      (export.main, ["--checkpoint", str(src), "--out", str(tmp_path / "a_folder.msgpack")],
+       f"cannot write '{tmp_path / 'a_folder.msgpack'}': it is a folder; name a file in it"),
+      (export.main, ["--checkpoint", str(src), "--out", str(tmp_path / "m.msgpack"),
+                     "--format", "official"], "--format official is the layout of a PyTorch"),
+      (export.main, ["--checkpoint", str(src), "--out", str(tmp_path / "m.pth"), "--step=-5"],
+       "--step=-5; expected a checkpoint step (0 or more), or -1 for the latest"),
+      (convert.main, [str(pth), str(tmp_path / "y.msgpack"), "--decoder-heads=0"],
+       "--decoder-heads=0; expected 1 or more"),
+  ]
+  for main, argv, fragment in refused:
+    try:
+      code = main(argv)
+      said = capsys.readouterr().err
+    except SystemExit as e:
+      code, said = 1, str(e.code)
+    assert code == 1 and fragment in said and len(said.strip().splitlines()) == 1, (argv, said)
+  with pytest.raises(ValueError, match="names a PyTorch checkpoint, but a params file is "
+                     "msgpack"):
+    save_params(str(tmp_path / "x.pth"), CFG, "classifier", classifier_params)
+  assert _files(tmp_path) == before                  # nothing written, no .NAME.tmp-PID
 
 
 # ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Every workdir and file on gs://: the whole chain (pretrain -> fine-tune ->
-evaluate -> export -> predict) against a local GCS emulator (the
+evaluate -> export -> predict, and the workdir lock) against a local GCS emulator (the
 gcp-storage-emulator package, in memory; see tests/gcs_emulator.py).
 
 TensorFlow's own GCS client has its endpoint compiled in and cannot be pointed
@@ -80,5 +80,8 @@ def test_the_whole_chain_on_gs(emulator, tmp_path):
   for run in ("pre", "ft"):
     assert any(f.startswith(f"{run}/checkpoints/2/") for f in files), run
     assert any(f.startswith(f"{run}/tensorboard/events.out.tfevents.") for f in files), run
+  # The workdir lock on gs://: a second holder refused, released, a stale one taken over.
+  assert "gs://bucket/pre is in use by another run (host " in r["busy"], r["busy"]
+  assert not [f for f in files if f.endswith("run.lock")], files
   # Nothing of it landed on the local disk.
   assert not list(cwd.iterdir())

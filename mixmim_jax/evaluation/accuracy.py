@@ -61,6 +61,20 @@ def classifier_eval_fn(cfg: ModelConfig, mesh, data_config, params_shapes=None):
                  out_shardings=sharding.replicated(mesh))
 
 
+def _check_fits_the_data(path: str, num_classes: int, config) -> None:
+  """A head must have an output for every label of the data: scored against a
+  label it cannot predict, top-1 counts a miss and the loss is NaN, so the
+  result would be a number no valid evaluation gives."""
+  split = config.data.eval_split
+  data_classes = labeled.describe(config.data, split).num_classes
+  if data_classes > num_classes:
+    raise ValueError(
+        f"{path!r} is a {num_classes}-class classifier, but the evaluation data "
+        f"({config.data.source}, split {split!r}) has {data_classes} classes, whose labels "
+        f"{num_classes}-{data_classes - 1} it cannot predict; evaluate it on the data it was "
+        f"trained for, or fine-tune a {data_classes}-class head first.")
+
+
 def evaluate_checkpoint(path: str, config) -> dict:
   cfg, kind, params, where = sources.read_checkpoint(path)
   if kind != "classifier" or cfg.num_classes == 0:
@@ -69,7 +83,12 @@ def evaluate_checkpoint(path: str, config) -> dict:
   if cfg.img_size != config.data.image_size:
     raise ValueError(f"{path!r} is built for {cfg.img_size}px images but the config's "
                      f"data.image_size is {config.data.image_size}.")
+  _check_fits_the_data(path, cfg.num_classes, config)
   mesh = sharding.make_mesh(config.mesh)
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.eval_batch_size < 1 or config.eval_batch_size % batch_devices:
+    raise ValueError(f"eval_batch_size={config.eval_batch_size}; expected a positive multiple "
+                     f"of the data-parallel size {batch_devices} (mesh data x fsdp).")
   logger.info("evaluating %s (%d classes) on %s/%s", where, cfg.num_classes,
               config.data.source, config.data.eval_split)
   fn = classifier_eval_fn(cfg, mesh, config.data, params)

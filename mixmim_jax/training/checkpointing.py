@@ -8,13 +8,18 @@ A save is reported when it is committed (`Checkpointer.committed`), not when
 it starts. A checkpoint
 that cannot be read (a crash in the middle of a save on a file system without
 atomic renames, a truncated file) is moved aside to `STEP.damaged` and the run
-resumes from the newest one that reads; nothing is ever deleted here.
+resumes from the newest one that reads; no checkpoint is ever deleted here. A
+save that fails (a full disk) is one files.StorageError naming the checkpoint
+that is kept; only that save's partial files are removed, and the errors
+orbax's threads and asyncio would print beside it are not printed.
 """
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
+import traceback
 from typing import Callable
 
 import jax
@@ -25,6 +30,65 @@ from etils import epath
 from mixmim_jax import files
 
 logger = logging.getLogger(__name__)
+
+
+class _OrbaxBackgroundFailures(logging.Filter):
+  """Drops what a failed background save prints beside the one sentence the
+  Checkpointer reports for it (files.StorageError, from the main thread): each
+  of orbax's save threads logs the error with its traceback, and asyncio logs
+  every write task and future that failed with it, when it is collected
+  ("Task exception was never retrieved"), possibly during a later command."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+      return True
+    message = record.getMessage()
+    if record.name == "asyncio":
+      # "Task exception was never retrieved", "Future exception ...": each failed write.
+      return not ("exception was never retrieved" in message and _from_orbax(record))
+    # orbax's save threads: "...run() raised an exception", "Failed to run ... Commit
+    # operations", "Save Finalize thread (save_finalize) failed".
+    return not ("orbax" in record.pathname
+                and ("raised an exception" in message or "failed" in message.lower()))
+
+
+def _from_orbax(record: logging.LogRecord) -> bool:
+  tb = record.exc_info[2] if record.exc_info else None
+  return "orbax" in record.getMessage() or any(
+      "orbax" in frame.filename for frame in traceback.extract_tb(tb))
+
+
+def _event_loop_closed(error) -> bool:
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _quiet_hooks() -> None:
+  """tensorstore reports (as an unraisable error, through sys.unraisablehook,
+  sometimes sys.excepthook) the "Event loop is closed" of each write that
+  finishes after its failed save's event loop was closed: up to a few hundred
+  tracebacks that say nothing the reported failure does not."""
+  unraisable, excepthook = sys.unraisablehook, sys.excepthook
+  if getattr(unraisable, "quiet", False):
+    return
+
+  def quiet_unraisable(info):
+    if not _event_loop_closed(info.exc_value):
+      unraisable(info)
+
+  def quiet_excepthook(kind, value, tb):
+    if not _event_loop_closed(value):
+      excepthook(kind, value, tb)
+
+  quiet_unraisable.quiet = quiet_excepthook.quiet = True
+  sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
+
+
+def _quiet_background_failures() -> None:
+  for name in ("absl", "asyncio"):
+    target = logging.getLogger(name)
+    if not any(isinstance(f, _OrbaxBackgroundFailures) for f in target.filters):
+      target.addFilter(_OrbaxBackgroundFailures())
+  _quiet_hooks()
 
 
 def directory_of(workdir: str) -> str:
@@ -40,9 +104,18 @@ class Checkpointer:
     self._keep, self._async = keep, async_save
     self._pending: list[int] = []
     self._lock = threading.Lock()
-    self._open()
+    self._manager = None
+
+  def _ready(self, create: bool) -> bool:
+    """Opens orbax's manager on first use. The folder is made by the first
+    save, never by looking: a run refused before it saves leaves no empty
+    WORKDIR/checkpoints/ behind."""
+    if self._manager is None and (create or epath.Path(self.directory).is_dir()):
+      self._open()
+    return self._manager is not None
 
   def _open(self) -> None:
+    _quiet_background_failures()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=self._keep, create=True, enable_async_checkpointing=self._async)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -72,13 +145,19 @@ class Checkpointer:
     logger.info("checkpoint for step %d written to %s", step, self.directory)
 
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
+    return self._manager.latest_step() if self._ready(create=False) else None
 
   def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
-    saved = self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      meta=ocp.args.JsonSave(meta)), force=force)
+    """Starts saving `step` (async unless configured otherwise). A save that
+    fails, now or in the background, is a files.StorageError naming the step
+    and the checkpoint that is kept; its partial files are removed."""
+    self._ready(create=True)
+    try:
+      saved = self._manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave(meta)), force=force)
+    except Exception as e:  # pylint: disable=broad-except  (any storage layer's error)
+      raise self._failed(step, e) from e
     if saved:
       self._pending.append(step)
       if self._async:
@@ -90,6 +169,7 @@ class Checkpointer:
 
   def meta(self, step: int) -> dict:
     """The run info saved with the checkpoint at `step` (no arrays are read)."""
+    self._ready(create=False)
     return self._manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
 
@@ -136,13 +216,47 @@ class Checkpointer:
     self._open()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
-
-  def close(self) -> None:
-    self._manager.wait_until_finished()
+    """Returns once every started save is committed (and logged as written)."""
+    if self._manager is None:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(None, e) from e
     for step in list(self._pending):
       self._report(step)
+
+  def close(self) -> None:
+    if self._manager is None:
+      return
+    self.wait()
     self._manager.close()
+
+  def committed_steps(self) -> list[int]:
+    folder = epath.Path(self.directory)
+    if not folder.is_dir():
+      return []
+    return sorted(int(p.name) for p in folder.iterdir()
+                  if p.name.isdigit() and self.committed(int(p.name)))
+
+  def _failed(self, step: int | None, error: Exception) -> files.StorageError:
+    """The one sentence for a save that failed; removes what it left half written."""
+    with self._lock:
+      failed = self._pending[0] if self._pending else step
+      self._pending.clear()
+    if jax.process_index() == 0:
+      for path in epath.Path(self.directory).glob(f"{failed}.orbax-checkpoint-tmp*"):
+        try:
+          path.rmtree()
+        except OSError:
+          pass
+    kept = [s for s in self.committed_steps() if s != failed]
+    keep = (f"the checkpoint for step {kept[-1]} is kept" if kept
+            else "there is no earlier checkpoint")
+    return files.StorageError(
+        f"saving the checkpoint for step {failed} to {self.directory} failed "
+        f"({files.reason(error)}); {keep}: free space or fix the storage, then rerun the same "
+        "command to resume.")
 
 
 def read(directory: str, step: int = -1):

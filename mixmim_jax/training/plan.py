@@ -91,6 +91,24 @@ def _check_ranges(config) -> None:
   need(config.optim.weight_decay >= 0, "optim.weight_decay", "0 or more")
   for key in ("checkpoint_every_steps", "checkpoint_keep", "log_every_steps"):
     need(config[key] >= 1, key, "1 or more")
+  need(config.optim.grad_clip_norm >= 0, "optim.grad_clip_norm", "0 (no clipping) or more")
+  for key in ("optim.b1", "optim.b2"):
+    need(0 <= _get(config, key) < 1, key, "a decay rate in [0, 1)")
+  need(config.optim.eps > 0, "optim.eps", "a positive number")
+  need(config.optim.end_lr >= 0, "optim.end_lr", "0 or more")
+  need(0 < config.optim.layer_decay <= 1, "optim.layer_decay", "a factor in (0, 1]")
+  if config.trainer == "pretrain":
+    need(config.image_every_steps >= 0, "image_every_steps", "0 (never) or more")
+    need(config.num_image_pairs >= 1, "num_image_pairs", "1 or more")
+  else:
+    need(config.num_classes >= 1, "num_classes", "1 or more")
+    need(config.eval_batch_size >= 1, "eval_batch_size", "a positive number of images")
+    need(config.eval_every_steps >= 0, "eval_every_steps", "0 (at the end only) or more")
+    need(0 <= config.label_smoothing < 1, "label_smoothing", "a fraction in [0, 1)")
+    need(config.mixup_alpha >= 0, "mixup_alpha", "0 (off) or more")
+    need(config.cutmix_alpha >= 0, "cutmix_alpha", "0 (off) or more")
+    need(0 < config.data.label_fraction <= 1, "data.label_fraction", "a fraction in (0, 1]")
+    need(config.init_step >= -1, "init_step", "a checkpoint step, or -1 for the latest")
   if config.trainer == "pretrain":
     need(0 <= config.mask_ratio <= 1, "mask_ratio", "a fraction of the cells in [0, 1]")
     need(config.range_mask_ratio >= 0 and config.mask_ratio + config.range_mask_ratio <= 1,

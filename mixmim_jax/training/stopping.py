@@ -60,6 +60,9 @@ class StopSignals:
   def __init__(self):
     self.requested = False
     self.shared = False       # set once this process is one of several
+    # Run before a stop at once ends the process (os._exit skips `finally` and
+    # atexit): e.g. removing the workdir's lock (workdir_lock.py).
+    self.before_exit: list = []
     self._progress = False
     self._installed = False
 
@@ -105,6 +108,11 @@ class StopSignals:
           why = "again" if self.requested else "before the first step ended"
           logger.warning("%s received %s: stopping at once; rerun the same command to "
                          "resume from the last checkpoint.", name, why)
+          for callback in self.before_exit:
+            try:
+              callback()
+            except Exception:  # pylint: disable=broad-except  (stopping comes first)
+              pass
           logging.shutdown()
           sys.stdout.flush()
           os._exit(exit_codes.STOPPED)   # pylint: disable=protected-access

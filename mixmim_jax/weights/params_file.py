@@ -33,6 +33,9 @@ def save_params(path: str, config: ModelConfig, kind: str, params: Mapping[str, 
   ignore it, so the format version stays 1."""
   if kind not in KINDS:
     raise ValueError(f"kind {kind!r} is not one of {KINDS}.")
+  if str(path).endswith(torch_io.TORCH_SUFFIXES):
+    raise ValueError(f"{path!r} names a PyTorch checkpoint, but a params file is msgpack; "
+                     "name it .msgpack, or write PyTorch with weights.outputs.write.")
   host = jax.tree.map(np.asarray, dict(params))
   entries = {"format_version": FORMAT_VERSION, "config": config.to_json(), "kind": kind,
              "params": host}

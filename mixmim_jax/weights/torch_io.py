@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 from etils import epath
 
+from mixmim_jax import files
 from mixmim_jax.model.arch import ModelConfig
 from mixmim_jax.weights import torch_format
 
@@ -125,12 +126,17 @@ def _tensors_to_numpy(obj):
   return obj
 
 
-def export_state_dict(cfg: ModelConfig, kind: str, params, fmt: str):
+def export_state_dict(cfg: ModelConfig, kind: str, params, fmt: str, classes=None):
+  """The checkpoint object of `fmt`'s layout; class names go where mmpretrain
+  reads them (meta.dataset_meta.classes)."""
   sd = torch_format.flax_to_state_dict(params, cfg, kind, fmt)
   torch = _torch()
   tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
   wrapper = "state_dict" if fmt == torch_format.MMPRETRAIN else "model"
-  return {wrapper: tensors, "meta": {"converted_by": "mixmim_jax", "config": cfg.to_json()}}
+  meta = {"converted_by": "mixmim_jax", "config": cfg.to_json()}
+  if classes is not None:
+    meta["dataset_meta"] = {"classes": [str(c) for c in classes]}
+  return {wrapper: tensors, "meta": meta}
 
 
 def recorded_classes(checkpoint) -> tuple[str, ...] | None:
@@ -159,10 +165,11 @@ def read(path: str):
 
 
 def save(path: str, checkpoint) -> None:
-  """Writes a checkpoint object (export_state_dict's) as torch.save does."""
+  """Writes a checkpoint object (export_state_dict's) as torch.save does,
+  atomically: an interrupted or failed write leaves nothing."""
   target = epath.Path(path)
-  if not target.parent.exists():
+  if not files.is_remote(path) and not target.parent.exists():
     raise FileNotFoundError(f"cannot write {path!r}: its directory does not exist.")
   buffer = io.BytesIO()
   _torch().save(checkpoint, buffer)
-  target.write_bytes(buffer.getvalue())
+  files.write_atomically(path, buffer.getvalue())
