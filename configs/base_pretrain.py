@@ -18,6 +18,9 @@ v5e-64 (32 images per chip) --config.model.remat=False fits (8.43 GiB, 53 %) and
 is faster.
 As shipped (remat, scanned stacks): 10.01 GiB per v4 chip (31 %), 4.37 GiB per
 v5e chip (27 %), 142 GFLOP per image (AOT, BENCHMARKS.md).
+The kNN and few-shot probes (config.evals) run at the start, every 5 epochs and
+at the end on imagenet2012 train[:10%] and validation: about 1 % of the run
+(docs/PROBES.md).
 """
 from mixmim_jax.training.recipes import pretrain_defaults
 

@@ -14,7 +14,7 @@ Expected (measured on 2 CPU cores, `make run`): 750 steps of 32 images, about
 for the whole command by the machine's load; the norm-pix loss goes from 1.22
 (step 1) and 0.94 (mean of steps 1-50) to 0.73 (mean of steps 701-750).
 """
-from mixmim_jax.training.recipes import pretrain_defaults
+from mixmim_jax.training.recipes import fewshot_probe, knn_probe, pretrain_defaults
 
 
 def get_config(arg: str = ""):
@@ -42,6 +42,15 @@ def get_config(arg: str = ""):
   c.log_every_steps = 50
   c.checkpoint_every_steps = 200
   c.image_every_steps = 200
+  # Representation probes at the start and the end: kNN and few-shot top-1 on
+  # 1,000 test images (100 of each class) with 300 of each class's training
+  # images as the kNN memory and the few-shot pool; both read the same
+  # features, 4,000 images a round (`:long`: all 10,000 test images and 600 of
+  # each class, the fine-tunes' labelled subset).
+  for name, probe in (("knn", knn_probe), ("fewshot", fewshot_probe)):
+    c.evals[name] = probe(every_steps=0, train_split="train", eval_split="test")
+    c.evals[name].update(dict(train_fraction=0.05, eval_fraction=0.1, eval_resize=64,
+                              batch_size=200))
   if arg == "long":                   # the pretraining of docs/FINETUNE.md's table
     c.batch_size = 128
     c.num_epochs = 5.0                # 2,340 steps, about 52 min alone on 2 cores
@@ -49,9 +58,12 @@ def get_config(arg: str = ""):
     c.optim.base_lr = 4e-3            # lr 2e-3 at batch 128
     c.checkpoint_every_steps = 250
     c.image_every_steps = 250
+    for probe in c.evals.values():
+      probe.update(dict(every_steps=468, train_fraction=0.1, eval_fraction=1.0))  # each epoch
   elif arg == "runlocal":             # a few steps, for tests
     c.num_train_steps = 4
     c.log_every_steps = 2
     c.checkpoint_every_steps = 2
     c.image_every_steps = 4
+    c.evals.knn.every_steps = c.evals.fewshot.every_steps = -1
   return c

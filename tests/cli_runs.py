@@ -28,7 +28,7 @@ def tiny_args(data_dir, steps=4, **extra):
       "model.window_sizes": "(4,4,2,1)", "model.decoder_dim": 32, "model.decoder_depth": 1,
       "model.decoder_heads": 2, "batch_size": 8, "num_train_steps": steps,
       "log_every_steps": 1, "image_every_steps": 0, "checkpoint_every_steps": 2,
-      "checkpoint_keep": 20}
+      "checkpoint_keep": 20, "evals.knn.every_steps": -1, "evals.fewshot.every_steps": -1}
   args.update(extra)
   return [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in args.items()]
 

@@ -35,3 +35,15 @@ def test_writes_a_png_and_names_missing_tags(tmp_path):
     plot_curves.main([str(tmp_path), f"--out={out}", "--tags=accuracy"])
   with pytest.raises(FileNotFoundError, match="tensorboard does not exist"):
     plot_curves.read_scalars(str(tmp_path / "nothing"))
+
+
+def test_shades_the_seeds_range_and_draws_the_first_value(tmp_path):
+  writer = metrics.MetricWriter(str(tmp_path / "tensorboard"))
+  for step in (0, 5, 10):
+    writer.write(step, {"eval/fewshot_10shot": 0.5 + step / 100,
+                        "eval/fewshot_10shot_min": 0.48 + step / 100,
+                        "eval/fewshot_10shot_max": 0.53 + step / 100})
+  out = tmp_path / "probes.png"
+  plot_curves.main([str(tmp_path), f"--out={out}", "--tags=eval/fewshot_10shot",
+                    "--baseline=random encoder"])
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,7 @@
   next(train)   # {"image": uint8 [B, S, S, 3], "label": int32 [B]}
   evaluation = labeled.eval_batches(cfg, local_batch_size=..., process_index=...,
                                     process_count=...)
-  for batch in evaluation: ...   # + "mask": float32 [B], 0 on padding
+  for batch in evaluation: ...   # + "mask": float32 [B], 0 on padding, "index": int32 [B]
   evaluation.unreadable          # names of examples that could not be decoded
 
 Train view (mmpretrain's fine-tune pipeline): RandomResizedCrop (scale 0.08-1,
@@ -95,8 +95,10 @@ class EvalBatches:
       raise StopIteration
     self._left -= 1
     batch = {k: v.numpy() for k, v in next(self._it).items()}
-    index = batch.pop("index")
-    self._seen.update(index[batch["mask"] > 0].tolist())
+    # The example's id in its split (-1 on padding): a fixed order that does
+    # not depend on the batch size or the number of processes.
+    batch["index"] = batch["index"].astype("int32")
+    self._seen.update(batch["index"][batch["mask"] > 0].tolist())
     return batch
 
   @property
@@ -111,7 +113,9 @@ def eval_batches(config, *, local_batch_size, process_index=0, process_count=1,
                  split=None) -> EvalBatches:
   """Every example of the eval split once: process p reads examples p, p+P, ...
   (or its tfds.even_splits part); all processes yield the same number of
-  batches, padded with mask 0. Unreadable examples are left out (mask 0)."""
+  batches, padded with mask 0. Unreadable examples are left out (mask 0).
+  `split=config.split` reads the training split (after `label_fraction`)
+  the same way."""
   config_lib.validate(config)
   split = split or config.eval_split
   b = local_batch_size

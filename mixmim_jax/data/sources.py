@@ -262,20 +262,21 @@ def describe(config, split=None, labels=False) -> DatasetInfo:
 
 def open_source(config, split, process_index, process_count, seed, *, labels=False,
                 every_example=False):
-  """This process's part of a split: equal-sized training shards (with the
-  training split's `label_fraction` applied when labelled), or with
-  `every_example` (evaluation) every example exactly once across processes."""
+  """This process's part of a split: equal-sized training shards, or with
+  `every_example` (evaluation) every example exactly once across processes;
+  either way with the training split's `label_fraction` applied when
+  labelled (the representation probes read that subset once)."""
   if config.source == "tfds":
     return _Tfds(config, split, process_index, process_count, seed, labels, every_example)
   info, kind, table, classes, names = (_folder if config.source == "folder"
                                        else _fashion_mnist)(config, split, labels)
   ids = np.arange(info.num_examples)
+  fraction = config.get("label_fraction", 1.0)
+  if labels and fraction < 1.0 and split == config.split:
+    ids = label_subset(classes, fraction)
+    info = dataclasses.replace(info, num_examples=len(ids))
   if every_example:
     ids = ids[process_index::process_count]
   else:
-    fraction = config.get("label_fraction", 1.0)
-    if labels and fraction < 1.0 and split == config.split:
-      ids = label_subset(classes, fraction)
-      info = dataclasses.replace(info, num_examples=len(ids))
     ids = _equal_shard(ids, process_index, process_count)
   return _RandomAccess(info, kind, table, ids, classes, names)

@@ -4,8 +4,12 @@
 
 Reads WORKDIR/tensorboard (the files metrics.MetricWriter writes; a resumed run
 logs some steps twice, and the later value wins) and draws each tag against the
-step, with the epoch on a second axis when --steps-per-epoch is given. Needs
-matplotlib (requirements-test.txt), which the runtime itself does not.
+step, with the epoch on a second axis when --steps-per-epoch is given; where
+TAG_min and TAG_max are logged too (the few-shot probes' seeds), their range is
+shaded. Needs matplotlib (requirements-test.txt), which the runtime itself does
+not.
+
+  python -m mixmim_jax.tools.plot_curves RUN --tags=eval/knn_top1,eval/fewshot_10shot --out=probes.png
 """
 from __future__ import annotations
 
@@ -45,8 +49,9 @@ def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
 
 
 def plot(scalars: dict[str, dict[int, float]], tags: list[str], title: str,
-         steps_per_epoch: int = 0, log_y: bool = False) -> bytes:
-  """PNG bytes of one panel per tag."""
+         steps_per_epoch: int = 0, log_y: bool = False, baseline: str = "") -> bytes:
+  """PNG bytes of one panel per tag; with `baseline`, a dotted line at the
+  first step's value, labelled so (e.g. the probes of the untrained encoder)."""
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
   except ImportError as e:
@@ -61,6 +66,15 @@ def plot(scalars: dict[str, dict[int, float]], tags: list[str], title: str,
   for ax, tag in zip(axes[0], tags):
     steps = sorted(scalars[tag])
     ax.plot(steps, [scalars[tag][s] for s in steps], marker=".", linewidth=1.2)
+    low, high = scalars.get(f"{tag}_min", {}), scalars.get(f"{tag}_max", {})
+    banded = [s for s in steps if s in low and s in high]
+    if banded:
+      ax.fill_between(banded, [low[s] for s in banded], [high[s] for s in banded], alpha=0.25,
+                      label="range over seeds")
+    if baseline:
+      ax.axhline(scalars[tag][steps[0]], linestyle=":", color="grey", label=baseline)
+    if banded or baseline:
+      ax.legend(loc="lower right")
     ax.set_xlabel("step")
     ax.set_ylabel(tag)
     ax.grid(alpha=0.3)
@@ -86,10 +100,13 @@ def main(argv=None) -> None:
   parser.add_argument("--title", default="")
   parser.add_argument("--steps-per-epoch", type=int, default=0)
   parser.add_argument("--log-y", action="store_true")
+  parser.add_argument("--baseline", default="",
+                      help="label of a dotted line at each tag's first value")
   args = parser.parse_args(argv)
   scalars = read_scalars(args.workdir)
   tags = [t for t in args.tags.split(",") if t]
-  png = plot(scalars, tags, args.title or args.workdir, args.steps_per_epoch, args.log_y)
+  png = plot(scalars, tags, args.title or args.workdir, args.steps_per_epoch, args.log_y,
+             args.baseline)
   epath.Path(args.out).write_bytes(png)
   for tag in tags:
     steps = sorted(scalars[tag])

@@ -14,15 +14,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 
 import jax
 
 from mixmim_jax.data import labeled
 from mixmim_jax.evaluation import accuracy
 from mixmim_jax.model import api
-from mixmim_jax.model.arch import ModelConfig
 from mixmim_jax.model.linear_probe import fold_probe
-from mixmim_jax.training import checkpointing, loop, metrics, sharding, startup, stopping
+from mixmim_jax.training import (checkpointing, loop, metrics, run_record, sharding, startup,
+                                 stopping)
 from mixmim_jax.training.plan import make_plan
 from mixmim_jax.training.steps import compile_steps, model_kind
 from mixmim_jax.weights import adapt, params_file
@@ -44,7 +45,7 @@ def finetune(config, workdir: str, stop_after: int | None = None,
   info = labeled.describe(config.data)
   if info.num_classes != config.num_classes:
     raise ValueError(f"the data has {info.num_classes} classes but config.num_classes="
-                     f"{config.num_classes}.")
+                     f"{config.num_classes}; set --config.num_classes={info.num_classes}.")
   plan = make_plan(config, info.num_examples, jax.device_count())
   if is_main:
     print(config, flush=True)
@@ -54,6 +55,9 @@ def finetune(config, workdir: str, stop_after: int | None = None,
   # ------------------------------------------------------------------ state
   ckpt = checkpointing.Checkpointer(checkpointing.directory_of(workdir),
                                     config.checkpoint_keep, config.checkpoint_async)
+  # A resume must mean by a step what the workdir recorded; checked before
+  # anything is restored or written (config.json is written below).
+  run_record.check_resume(run_dir, config, plan, info.num_examples, ckpt)
   latest = ckpt.latest_step()
   # The model config can differ from the config file's (the checkpoint's table
   # layout); it is kept beside the checkpoints so a resumed run rebuilds the same.
@@ -62,15 +66,17 @@ def finetune(config, workdir: str, stop_after: int | None = None,
         jax.random.key(config.seed)))
     params, model_cfg = adapt.initial_params(
         config.init_from, config.init_step, plan.model, fresh["params"], config.seed)
-  elif run_dir.exists(MODEL_CONFIG):
-    model_cfg = ModelConfig.from_json(run_dir.read_text(MODEL_CONFIG))
   else:
-    raise FileNotFoundError(f"{workdir} has checkpoints but no {MODEL_CONFIG} (written "
-                            "when a run starts); use a fresh --workdir.")
+    model_cfg = run_record.read_model_config(run_dir, MODEL_CONFIG)
+    # The checkpoints' model is the one trained on: a config asking for
+    # another (bar the table layout its start took over) is refused.
+    loop.check_same_model(loop.model_config_json(model_cfg),
+                          plan.model.replace(pos_embed=model_cfg.pos_embed), workdir)
   plan = dataclasses.replace(plan, model=model_cfg)
   fns = compile_steps(plan, config, mesh)
   meta = dict(model_config=loop.model_config_json(plan.model), task=config.task,
-              seed=config.seed, batch_size=config.batch_size)
+              seed=config.seed, batch_size=config.batch_size,
+              **run_record.facts(plan, info.num_examples))
   if latest is None:
     state = fns.from_params(params, fresh.get("batch_stats", {}))
     if is_main:
@@ -114,9 +120,18 @@ def finetune(config, workdir: str, stop_after: int | None = None,
     labels = jax.make_array_from_process_local_data(fns.batch_sharding, batch["label"])
     state, step_metrics = fns.step(state, images, labels, step_key)
     done = run.after_step(step, step_metrics, skipped_images=float(batches.skipped))
-    if run.is_last or (config.eval_every_steps and done % config.eval_every_steps == 0):
+    # The checkpoint before the evaluation: a preemption notice's grace period
+    # may end during it, and the last steps must not be lost then. After a
+    # stop request only the final evaluation runs.
+    stop = run.save_and_stop(done, state, meta)
+    if run.is_last:
+      ckpt.wait()                                     # committed before it is evaluated
+    if run.is_last or (not stop and config.eval_every_steps
+                       and done % config.eval_every_steps == 0):
+      t0 = time.perf_counter()
       evals[done] = run_eval(done)
-    if run.save_and_stop(done, state, meta):
+      run.outside_steps(time.perf_counter() - t0)     # not step time (progress.py)
+    if stop:
       break
   run.close(batches)
   if not run.stopped_early and is_main:

@@ -1,20 +1,25 @@
 """MixMIM pretraining: one trainer that reads top to bottom.
 
 setup (mesh, data size, plan) -> state (restored or created sharded) -> data
-(resumed at the step) -> loop (step, log, pictures, checkpoints, stop requests).
-The loop's bookkeeping is shared with fine-tuning (loop.py).
+(resumed at the step) -> loop (step, log, pictures, checkpoints, stop requests,
+representation probes). The loop's bookkeeping is shared with fine-tuning
+(loop.py).
 """
 from __future__ import annotations
 
 import logging
+import time
 
 import jax
 import numpy as np
 
 from mixmim_jax import data
+from mixmim_jax.evaluation.probes import Probes
 from mixmim_jax.model import masking
-from mixmim_jax.training import checkpointing, loop, metrics, sharding, startup, stopping, visualize
+from mixmim_jax.training import (checkpointing, loop, metrics, run_record, sharding, startup,
+                                 stopping, visualize)
 from mixmim_jax.training.plan import grouping_line, make_plan
+from mixmim_jax.training.progress import duration
 from mixmim_jax.training.steps import compile_steps
 
 logger = logging.getLogger(__name__)
@@ -48,9 +53,12 @@ def train(config, workdir: str, stop_after: int | None = None,
   # ------------------------------------------------------------------ state
   ckpt = checkpointing.Checkpointer(checkpointing.directory_of(workdir),
                                     config.checkpoint_keep, config.checkpoint_async)
+  # A resume must mean by a step what the workdir recorded; checked before
+  # anything is restored or written (config.json is written below).
+  run_record.check_resume(run_dir, config, plan, info.num_examples, ckpt)
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
   meta = dict(model_config=loop.model_config_json(plan.model), seed=config.seed,
-              batch_size=config.batch_size)
+              batch_size=config.batch_size, **run_record.facts(plan, info.num_examples))
   state = loop.resume(ckpt, fns, plan.model)
   if state is None:
     state = fns.init(init_key)
@@ -68,6 +76,11 @@ def train(config, workdir: str, stop_after: int | None = None,
   writer = metrics.MetricWriter(run_dir.join("tensorboard"), enabled=is_main)
   run = loop.TrainLoop(config, run_dir, plan.total_steps, start, ckpt, writer, stop_after,
                        signals, clock)
+  # kNN / few-shot on the encoder's features (config.evals), a program apart from the step.
+  probes = (Probes(config.evals, config.data, plan.model, mesh,
+                   fns.state_shardings.params["encoder"]) if "evals" in config else None)
+  if start == 0 and _run_probes(probes, run, writer, 0, state.params, plan.total_steps):
+    clock.mark("probes at step 0")       # not the data pipeline's start-up
 
   # ------------------------------------------------------------------ loop
   for step in range(start, plan.total_steps):
@@ -79,8 +92,28 @@ def train(config, workdir: str, stop_after: int | None = None,
       _write_pictures(config, plan, state.params, batch, step_key, done, run_dir, is_main)
     if run.save_and_stop(done, state, meta):
       break
+    _run_probes(probes, run, writer, done, state.params, plan.total_steps)
   run.close(batches)
   return run.result(state)
+
+
+def _run_probes(probes, run, writer, step, params, total_steps) -> bool:
+  """The probes due after `step` (True if any ran); their time is kept out of
+  the step times."""
+  names = probes.due(step, total_steps) if probes is not None else []
+  if not names:
+    return False
+  t0 = time.perf_counter()
+  scalars = probes.run(step, params["encoder"], names)
+  seconds = time.perf_counter() - t0
+  run.outside_steps(seconds)
+  run.evals_left_seconds = probes.seconds_left(step, total_steps)
+  writer.write(step, scalars)
+  if jax.process_index() == 0:
+    spent, elapsed = probes.total_seconds, run.progress.elapsed()
+    print(f"eval at step {step}: probes {duration(seconds)}; {duration(spent)} of the job's "
+          f"{duration(elapsed)} so far ({100 * spent / elapsed:.1f} %)", flush=True)
+  return True
 
 
 def _write_pictures(config, plan, params, batch, step_key, step, run_dir, is_main):

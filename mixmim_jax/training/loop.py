@@ -30,7 +30,7 @@ from etils import epath
 
 from mixmim_jax import files
 from mixmim_jax.model.arch import ModelConfig
-from mixmim_jax.training import metrics
+from mixmim_jax.training import metrics, progress
 from mixmim_jax.training.startup import StartupClock
 from mixmim_jax.training.stopping import StopSignals, StopVote, preemption_sync_point
 
@@ -60,6 +60,9 @@ class Workdir:
     return (self.path / name).read_text()
 
   def write_text(self, name: str, text: str) -> None:
+    # The first write makes the folder (the command line's lock has made it
+    # already; a trainer called from Python has not).
+    self.path.mkdir(parents=True, exist_ok=True)
     files.write_atomically(self.path / name, text)
 
   def write_config(self, config) -> None:
@@ -93,6 +96,9 @@ class TrainLoop:
     self._clock = clock
     self.history: dict[int, float] = {}
     self.last: dict[str, float] = {}
+    self.progress = progress.Progress(total_steps, start, jax.device_count(),
+                                      _chip_seconds_so_far(checkpointer, start))
+    self.evals_left_seconds = 0.0        # the trainer's estimate, for the ETA
     self.save_due = self.stop_due = self.is_last = False
     self.stopped_early = False
     self._reset(start)
@@ -143,9 +149,13 @@ class TrainLoop:
     scalars["loss"] = float(self._loss_sum) / n
     check_finite(done, scalars, str(self._workdir))
     now = time.perf_counter()
-    scalars.update(step_time=(now - self._since_time) / n, data_wait=self._data_wait / n,
-                   images_per_sec=n * self._config.batch_size / (now - self._since_time),
-                   **extra)
+    # Evaluations between steps are not step time (progress.py).
+    stepping = max(1e-9, now - self._since_time - self.progress.outside_since_last())
+    self.progress.interval(done, n)
+    scalars.update(step_time=stepping / n, data_wait=self._data_wait / n,
+                   images_per_sec=n * self._config.batch_size / stepping, **extra)
+    scalars["images_per_sec_per_chip"] = scalars["images_per_sec"] / jax.device_count()
+    scalars.update(self.progress.scalars(done, self.evals_left_seconds))
     self.history[done] = scalars["loss"]
     self.last = scalars
     self._writer.write(done, scalars)
@@ -153,10 +163,17 @@ class TrainLoop:
       print(metrics.progress_line(done, self.total_steps, scalars), flush=True)
     self._reset(done)
 
+  def outside_steps(self, seconds: float) -> None:
+    """Books time the trainer spent between steps on something else (the
+    representation probes): left out of the step time, images/s and the ETA."""
+    self.progress.add_outside(seconds)
+
   def save_and_stop(self, done: int, state, meta: dict) -> bool:
     """Checkpoints when due; True when the loop must stop after this step."""
     if self.save_due:
-      self._ckpt.save(done, state, dict(meta, step=done), force=self.stop_due or self.is_last)
+      self._ckpt.save(done, state, dict(meta, step=done,
+                                        chip_seconds=self.progress.chip_seconds()),
+                      force=self.stop_due or self.is_last)
     if self.stop_due:
       logger.warning("stopped at step %d (a stop was asked for); rerun the same command to "
                      "resume.", done)
@@ -178,6 +195,17 @@ class TrainLoop:
     mean loss} at every log step), the final step and state."""
     return dict(last=self.last, history=self.history, final_step=int(jax.device_get(state.step)),
                 state=state, stopped_early=self.stopped_early, **extra)
+
+
+def _chip_seconds_so_far(checkpointer, start: int) -> float:
+  """The chip time of the run's earlier jobs, as saved with the checkpoint
+  this job starts from (0 for a new run or an older checkpoint)."""
+  if not start:
+    return 0.0
+  try:
+    return float(checkpointer.meta(start).get("chip_seconds", 0.0))
+  except Exception:  # pylint: disable=broad-except
+    return 0.0        # only a figure on the console; never stop a run over it
 
 
 def resume(checkpointer, fns, model: ModelConfig):

@@ -13,6 +13,8 @@ from etils import epath
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from mixmim_jax.training.progress import duration
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,9 +65,20 @@ class MetricWriter:
 
 
 def progress_line(step: int, total: int, s: dict[str, float]) -> str:
-  return (f"step {step:>7d}/{total} | loss {s['loss']:.4f} | lr {s['lr']:.3e} | "
-          f"grad_norm {s['grad_norm']:.3f} | {s['images_per_sec']:.1f} img/s | "
-          f"step {s['step_time'] * 1e3:.0f} ms (data wait {s['data_wait'] * 1e3:.0f} ms)")
+  """The console line of a log step; the clock's part (elapsed, ETA,
+  chip-hours: progress.py) when the loop gave it."""
+  line = (f"step {step:>7d}/{total} | loss {s['loss']:.4f} | lr {s['lr']:.3e} | "
+          f"grad_norm {s['grad_norm']:.3f} | {s['images_per_sec']:.1f} img/s")
+  if "images_per_sec_per_chip" in s:
+    line += f" ({s['images_per_sec_per_chip']:.1f}/chip)"
+  line += (f" | step {s['step_time'] * 1e3:.0f} ms (data wait "
+           f"{s['data_wait'] * 1e3:.0f} ms)")
+  if "elapsed" in s:
+    line += f" | {duration(s['elapsed'])} elapsed, ETA {duration(s.get('eta'))}"
+    if s.get("eval_seconds"):
+      line += f" (evals so far {duration(s['eval_seconds'])})"
+    line += f" | {s['chip_hours']:.3g} chip-h"
+  return line
 
 
 def denormalize(images: np.ndarray, mean, std) -> np.ndarray:

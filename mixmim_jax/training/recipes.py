@@ -40,6 +40,9 @@ def _run_fields(c: ml_collections.ConfigDict, keep: int) -> None:
   # Compiled programs kept across restarts (startup.py): "auto" is
   # JAX_COMPILATION_CACHE_DIR when set, else WORKDIR/compile_cache; a path; "off".
   c.compile_cache = "auto"
+  # A resumed run must mean by a step what its workdir recorded (run_record.py):
+  # the keys named here ("batch_size,optim.base_lr") may differ all the same.
+  c.allow_config_change = ""
 
 
 def pretrain_defaults() -> ml_collections.ConfigDict:
@@ -85,7 +88,44 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   _run_fields(c, keep=3)
   c.image_every_steps = 1000        # PNG of a few reconstructed pairs; 0: never
   c.num_image_pairs = 4
+  # Representation probes while pretraining (evaluation/probes.py), each also
+  # at step 0 and after the last step. ImageNet: the first 10 % of TFDS's
+  # train records (shuffled by TFDS when it prepared them: about 128 images of
+  # every class) as the kNN memory and few-shot pool, the validation split as
+  # queries; both read the same features. Every 3125 steps = 5 epochs at batch
+  # 2048: about 1 % of the run (docs/PROBES.md).
+  c.evals = ml_collections.ConfigDict(dict(
+      knn=knn_probe(every_steps=3125, train_split="train[:10%]", eval_split="validation"),
+      fewshot=fewshot_probe(every_steps=3125, train_split="train[:10%]",
+                            eval_split="validation")))
   return c
+
+
+def _probe(kind: str, every_steps: int, train_split: str, eval_split: str,
+           **extra) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      type=kind,
+      every_steps=every_steps,      # N > 0: every N steps; 0: start and end only; -1: never
+      train_split=train_split,      # the labelled examples (kNN memory, few-shot pool)
+      train_fraction=1.0,           # of each class (folder / fashion_mnist; tfds: slice the split)
+      eval_split=eval_split,        # the images scored
+      eval_fraction=1.0,            # of each class, as train_fraction
+      eval_resize=256,              # short side before the centre crop (the test view)
+      batch_size=1024,              # global, images per feature batch
+      **extra))
+
+
+def knn_probe(every_steps: int, train_split: str, eval_split: str) -> ml_collections.ConfigDict:
+  """DINO's weighted kNN: k nearest by cosine, votes exp(sim / temperature)."""
+  return _probe("knn", every_steps, train_split, eval_split, k=20, temperature=0.07)
+
+
+def fewshot_probe(every_steps: int, train_split: str,
+                  eval_split: str) -> ml_collections.ConfigDict:
+  """big_vision's fewshot_lsr: ridge regression on n examples per class,
+  drawn with each seed; l2_reg as big_vision's."""
+  return _probe("fewshot", every_steps, train_split, eval_split, shots=(1, 5, 10, 25),
+                seeds=(0, 1, 2), l2_reg=2.0 ** 10)
 
 
 def finetune_defaults() -> ml_collections.ConfigDict:
