@@ -51,3 +51,10 @@ setup: system-packages $(PY)
 setup-test: system-packages $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps timm==0.4.12
+
+# The mutation check (tests/mutants.py, docs/MUTANTS.md): each hand-picked wrong
+# constant or formula, applied alone to a copy of the repository, must make the
+# tests that guard it fail. About 40 min on 2 cores; not part of `make test`.
+.PHONY: mutants
+mutants: setup-test
+	nice -n 10 $(PY) tests/mutants.py

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 from mixmim_jax.tools import torch_reference as ref
 
 
@@ -21,7 +23,8 @@ def _register_mmpretrain():
 
 class ReferenceLoop:
   """`model` trained by the recipe's optimizer and schedules, shortened to
-  `epochs` epochs of `epoch_length` iterations with `warmup_epochs` of warmup."""
+  `epochs` epochs of `epoch_length` iterations with `warmup_epochs` of warmup.
+  A float64 model (`.double()`) normalises its inputs in float64 too."""
 
   def __init__(self, model, recipe_name: str, lr: float, epoch_length: int, warmup_epochs: int,
                epochs: int):
@@ -29,6 +32,14 @@ class ReferenceLoop:
     from mmengine.optim import build_optim_wrapper  # pylint: disable=import-outside-toplevel
     from mmengine.registry import PARAM_SCHEDULERS  # pylint: disable=import-outside-toplevel
     recipe = ref.recipe(recipe_name)
+    if next(model.parameters()).dtype == torch.float64:
+      # The preprocessor keeps its mean and std as float32 buffers, which
+      # .double() only widens: take the recipe's values in double.
+      with torch.no_grad():
+        pre = model.data_preprocessor
+        for name in ("mean", "std"):
+          value = torch.tensor(recipe.data_preprocessor[name], dtype=torch.float64)
+          getattr(pre, name).copy_(value.view(getattr(pre, name).shape))
     optim_cfg = copy.deepcopy(recipe.optim_wrapper.to_dict())
     optim_cfg["optimizer"]["lr"] = lr
     self.model = model.train()

@@ -22,7 +22,7 @@ from mixmim_jax.model import api
 from mixmim_jax.weights import params_file, torch_format, torch_io
 import authors_reference as authors  # noqa: E402
 import torch_helpers as th  # noqa: E402
-from test_init import compare_init  # noqa: E402
+from test_init import compare_init_draws, our_state_dict, redraw_ours_tensors  # noqa: E402
 from test_parity import assert_close, coarse_mask, tiny_config  # noqa: E402
 
 OFFICIAL = torch_format.OFFICIAL
@@ -121,8 +121,30 @@ def test_fresh_model_draws_like_the_authors(kind):
   else:
     model = authors.build(models_mixmim_ft, **authors.arch_kwargs(cfg),
                           num_classes=cfg.num_classes)
-  params = api.init_params(cfg, kind, seed=4)
-  assert compare_init(params, model, cfg, kind, fmt=OFFICIAL) > 30
+  del model
+  builds = {}
+
+  def theirs(seed):
+    """Their model as their code draws it from torch's seed `seed`."""
+    if seed not in builds:
+      torch.manual_seed(seed)
+      np.random.seed(seed)
+      module = models_mixmim if kind == "pretrain" else models_mixmim_ft
+      extra = (dict(decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth,
+                    decoder_num_heads=cfg.decoder_heads) if kind == "pretrain"
+               else dict(num_classes=cfg.num_classes))
+      builds[seed] = th.numpy_state_dict(authors.build(module, **authors.arch_kwargs(cfg),
+                                                       **extra))
+    return builds[seed]
+
+  count = compare_init_draws(
+      cfg, kind,
+      lambda seed: our_state_dict(api.init_params(cfg, kind, seed=4 + seed), cfg, kind,
+                                   fmt=OFFICIAL),
+      theirs, redraw_ours=lambda keys, n: redraw_ours_tensors(cfg, kind, keys, n, fmt=OFFICIAL),
+      # Their init is the constructor's: a tensor is redrawn by building anew.
+      redraw_theirs=lambda key, n: [theirs(1000 + i)[key] for i in range(n)])
+  assert count > 30
 
 
 def test_tests_find_the_checkout_when_told():

@@ -3,10 +3,8 @@ augmentations, weight loading and table resizing, the linear probe, every
 fine-tune config compiled at a tiny size, and a short run of the trainer."""
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import os
-import struct
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +21,7 @@ from mixmim_jax.training import checkpointing, mixup, plan as plan_lib, sharding
 from mixmim_jax.training.finetune_step import soft_cross_entropy
 from mixmim_jax.training.steps import compile_steps
 from mixmim_jax.weights import adapt, params_file
+from train_fixtures import write_idx_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
@@ -30,20 +29,6 @@ TINY_CFG = model_config(TINY, window_sizes=(4, 4, 2, 1), img_size=32, patch_size
                         num_classes=10)
 
 
-def write_idx_split(directory, split, count, seed=0):
-  """Fashion-MNIST-format images (smooth blobs whose size encodes the class) and labels."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 10, count).astype(np.uint8)
-  yy, xx = np.mgrid[:28, :28]
-  images = np.stack([255 * np.exp(-((yy - 14) ** 2 + (xx - 14) ** 2) / (2 * (2 + l) ** 2))
-                     for l in labels]).astype(np.uint8)
-  prefix = {"train": "train", "test": "t10k"}[split]
-  os.makedirs(directory, exist_ok=True)
-  with gzip.open(os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz"), "wb") as f:
-    f.write(struct.pack(">HBB", 0, 8, 3) + struct.pack(">III", count, 28, 28) + images.tobytes())
-  with gzip.open(os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as f:
-    f.write(struct.pack(">HBB", 0, 8, 1) + struct.pack(">I", count) + labels.tobytes())
-  return images, labels
 
 
 # ------------------------------------------------------------------ mixing
@@ -218,11 +203,24 @@ def test_train_augmentations_run_inside_tf_data_and_change_images():
 
 def test_erasing_fills_one_box_with_the_recipes_noise():
   """RandomErasing (p = 1): the changed pixels form one box of 2-33 % of the
-  image, filled with N(mean, std) per channel (truncated to integers); the
-  rest is untouched. -1 marks the original pixels: noise is clipped to 0..255."""
-  mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
-  for seed in range(3):
-    img = tf.fill([224, 160, 3], -1.0)
+  image, filled with N(mean, std) per channel truncated to integers and
+  clipped to 0..255; the rest is untouched. The noise against mmpretrain's
+  own RandomErasing of the recipe (its BGR fill reversed), pooled over boxes
+  until each channel's sample (>= 20000 values a side) tells a 5 % std error.
+  -1 marks the original pixels."""
+  torch = pytest.importorskip("torch")  # noqa: F841
+  from mixmim_jax.tools import torch_reference as ref  # pylint: disable=import-outside-toplevel
+  ref.import_mmpretrain()
+  from mmpretrain.registry import TRANSFORMS  # pylint: disable=import-outside-toplevel
+  recipe = [t for t in ref.recipe(ref.FINETUNE_RECIPE).train_pipeline
+            if t["type"] == "RandomErasing"][0]
+  theirs_transform = TRANSFORMS.build(dict(recipe, erase_prob=1.0))
+  cfg = data.labeled_config()
+  mean, std = tuple(cfg.mean), tuple(cfg.std)
+  ours, theirs = [], []
+  seed = 0
+  while min(len(ours), len(theirs)) < 20000:
+    img = tf.fill([320, 256, 3], -1.0)
     out = randaugment.random_erasing(img, tf.constant([seed, 2], tf.int64), prob=1.0,
                                      mean=mean, std=std).numpy()
     changed = (out != -1.0).all(-1)
@@ -230,11 +228,24 @@ def test_erasing_fills_one_box_with_the_recipes_noise():
     rows, cols = np.nonzero(changed)
     box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
     assert changed.sum() == box and 0.019 < box / changed.size < 0.34
-    noise = out[changed]
-    assert (noise == np.round(noise)).all() and noise.min() >= 0 and noise.max() <= 255
-    n = len(noise)
-    np.testing.assert_allclose(noise.mean(0), np.asarray(mean) - 0.5, atol=5 * 60 / n ** 0.5 + 1)
-    np.testing.assert_allclose(noise.std(0), std, rtol=0.15)
+    ours.extend(out[changed])
+    # The reference on a uint8 image: a sentinel value it cannot draw twice in a row.
+    np.random.seed(seed)
+    marked = theirs_transform.transform({"img": np.full((320, 256, 3), 7, np.uint8)})["img"]
+    differs = (marked != 7).any(-1)
+    rows, cols = np.nonzero(differs)
+    box_t = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    theirs.extend(marked[box_t].reshape(-1, 3)[:, ::-1].astype(np.float64))   # BGR -> RGB
+    seed += 1
+  ours, theirs = np.asarray(ours), np.asarray(theirs)
+  assert (ours == np.round(ours)).all() and ours.min() >= 0 and ours.max() <= 255
+  n_o, n_t = len(ours), len(theirs)
+  sigma = np.sqrt(1 / (2 * n_o) + 1 / (2 * n_t))
+  assert 7 * sigma <= 0.05                               # can tell a 5 % std error
+  ratio = ours.std(0) / theirs.std(0)
+  assert np.all(np.abs(ratio - 1) <= 4 * sigma), (ratio, 4 * sigma)
+  gap, tol = ours.mean(0) - theirs.mean(0), 5 * np.asarray(std) * np.sqrt(1 / n_o + 1 / n_t)
+  assert np.all(np.abs(gap) <= tol), (gap, tol)
 
 
 def test_label_fraction_keeps_ten_percent_of_each_class(tmp_path):

@@ -4,8 +4,15 @@ donation, AdamW, the weight-decay split, layer decay, warmup + cosine) and
 mmpretrain's model with mmengine's optimizer wrapper and schedulers built from
 mmpretrain's own recipes, from the same weights on the same batches (and, in
 pretraining, the same masks), for 30 steps: 2 warmup epochs and 8 cosine
-epochs of 3 steps. The loss agrees to rel 1e-4 for the first 5 steps and 1e-3
-throughout.
+epochs of 3 steps.
+
+Both run in float64 (torch `.double()`, JAX under `jax.enable_x64`; the
+reference's data preprocessor normalises in double too), from fixed seeds
+(the reference's init included), so every run gives the same numbers and the
+only difference left is the order of float64 roundings. Asserted at 10x the
+largest value measured here (LOSS_NOISE, PARAM_NOISE): every step's loss, and
+every parameter after 30 steps (max|ours - reference| over the largest
+distance the reference moved that tensor).
 
 The step is compiled for a 2-device mesh with the model axis split, so the
 batch stays whole: the reference draws one mask for the whole batch.
@@ -60,22 +67,47 @@ def _as_reference_inputs(images):
   return torch.from_numpy(np.ascontiguousarray(images[..., ::-1].transpose(0, 3, 1, 2)))
 
 
-def _check(name, ours, theirs, params, model, cfg, kind):
+# Measured here (2-core Intel Xeon, float64): the largest relative loss
+# difference over the 30 steps (pretraining 7.8e-16, fine-tuning 9.1e-16) and
+# the largest parameter difference after them, relative to the distance the
+# reference moved that tensor (2.5e-12 and 4.6e-12: Adam's normalisation
+# amplifies the roundings of small gradients). Runs repeat these exactly.
+LOSS_NOISE = {"pretraining": 7.8e-16, "fine-tuning": 9.1e-16}
+PARAM_NOISE = {"pretraining": 2.5e-12, "fine-tuning": 4.6e-12}
+
+
+def _param_errors(ours, reference_model, start, cfg, kind):
+  """{parameter: max|ours - reference| / max|reference - start|} after training."""
+  theirs = th.exact_layout(lambda sd: torch_format.state_dict_to_flax(
+      sd, torch_format.MMPRETRAIN, cfg, kind), th.numpy_state_dict(reference_model))
+  ours = jax.tree.map(lambda a: np.asarray(a, np.float64), jax.device_get(ours))
+
+  def error(a, b, s):
+    moved = np.abs(b - s).max()
+    assert moved > 0, "a tensor the reference never moved: the test proves nothing for it"
+    return float(np.abs(a - b).max() / moved)
+
+  errors = jax.tree.map(error, ours, theirs, start)
+  return {jax.tree_util.keystr(path): e for path, e in
+          jax.tree_util.tree_leaves_with_path(errors)}
+
+
+def _check(name, ours, theirs, param_errors):
   ours, theirs = np.asarray(ours), np.asarray(theirs)
   rel = np.abs(ours - theirs) / np.abs(theirs)
-  print(f"\n{name}: loss {theirs[0]:.5f} -> {theirs[-1]:.5f} (reference) / "
-        f"{ours[-1]:.5f} (ours); largest relative loss difference: steps 1-5 "
-        f"{rel[:5].max():.2e}, steps 1-{STEPS} {rel.max():.2e}")
-  theirs_params = torch_format.state_dict_to_flax(
-      th.numpy_state_dict(model), torch_format.MMPRETRAIN, cfg, kind)
-  diffs = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
-                       jax.device_get(params), theirs_params)
-  worst = max(jax.tree_util.tree_leaves_with_path(diffs), key=lambda kv: kv[1])
-  print(f"{name}: largest parameter difference after {STEPS} steps: {worst[1]:.3g} at "
-        f"{jax.tree_util.keystr(worst[0])}")
+  worst = max(param_errors, key=param_errors.get)
+  print(f"\n{name}: loss {theirs[0]:.10f} -> {theirs[-1]:.10f} (reference) / "
+        f"{ours[0]:.10f} -> {ours[-1]:.10f} (ours); largest relative loss difference "
+        f"{rel.max():.2e} (step {rel.argmax() + 1}); largest parameter difference after "
+        f"{STEPS} steps {param_errors[worst]:.2e} of its movement, at {worst} "
+        f"({len(param_errors)} tensors)")
   assert theirs[-1] < 0.9 * theirs[0], "the reference did not learn: the test proves nothing"
-  assert rel[:5].max() <= 1e-4, rel[:5]
-  assert rel.max() <= 1e-3, rel
+  assert rel.max() <= 10 * LOSS_NOISE[name], rel
+  assert param_errors[worst] <= 10 * PARAM_NOISE[name], (worst, param_errors[worst])
+
+
+def _float64(params):
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
 
 
 def test_pretraining_loop_matches_mmpretrain():
@@ -83,22 +115,28 @@ def test_pretraining_loop_matches_mmpretrain():
                    decoder_depth=TINY["decoder_depth"], decoder_heads=TINY["decoder_heads"])
   plan = make_plan(config, num_examples=EPOCH_LENGTH * BATCH, num_devices=2)
   assert (plan.total_steps, plan.warmup_steps, plan.num_groups) == (STEPS, 6, 1)
-  fns = compile_steps(plan, config, sharding.make_mesh(config.mesh, jax.devices()[:2]))
-  model = ref.build_pretrain_model(plan.model)
-  params = torch_format.state_dict_to_flax(th.numpy_state_dict(model), torch_format.MMPRETRAIN,
-                                           plan.model, "pretrain")
-  reference = ReferenceLoop(model, ref.PRETRAIN_RECIPE, LR, EPOCH_LENGTH, WARMUP_EPOCHS, EPOCHS)
-  state = fns.from_params(params)
-  key = jax.random.key(0)      # replay: nothing in the step draws from it
+  model = ref.build_pretrain_model(plan.model, seed=0)
+  th.share_tables_(model, plan.model)
+  start = torch_format.state_dict_to_flax(th.numpy_state_dict(model), torch_format.MMPRETRAIN,
+                                          plan.model, "pretrain")
+  reference = ReferenceLoop(model.double(), ref.PRETRAIN_RECIPE, LR, EPOCH_LENGTH,
+                            WARMUP_EPOCHS, EPOCHS)
   ours, theirs = [], []
-  for step, images in enumerate(_rgb_batches(1, plan.model.img_size)):
-    mask = coarse_mask(plan.model, 100 + step)
-    with th.fixed_mask(mask):
-      theirs.append(reference.step(_as_reference_inputs(images), None))
-    batch = jax.device_put(images, fns.batch_sharding)   # uint8: the step normalises
-    state, metrics = fns.replay_step(state, batch, key, jnp.asarray(mask)[None, None])
-    ours.append(float(metrics["loss"]))
-  _check("pretraining", ours, theirs, state.params, model, plan.model, "pretrain")
+  with jax.enable_x64(True):
+    fns = compile_steps(plan, config, sharding.make_mesh(config.mesh, jax.devices()[:2]))
+    state = fns.from_params(_float64(start))
+    key = jax.random.key(0)      # replay: nothing in the step draws from it
+    for step, images in enumerate(_rgb_batches(1, plan.model.img_size)):
+      mask = coarse_mask(plan.model, 100 + step)
+      with th.fixed_mask(mask):
+        theirs.append(reference.step(_as_reference_inputs(images), None))
+      batch = jax.device_put(images, fns.batch_sharding)   # uint8: the step normalises
+      state, metrics = fns.replay_step(state, batch, key, jnp.asarray(mask)[None, None])
+      ours.append(float(metrics["loss"]))
+    assert metrics["loss"].dtype == jnp.float64
+    params = jax.device_get(state.params)
+  _check("pretraining", ours, theirs,
+         _param_errors(params, model, start, plan.model, "pretrain"))
 
 
 def test_finetuning_loop_matches_mmpretrain():
@@ -114,23 +152,28 @@ def test_finetuning_loop_matches_mmpretrain():
   # mmpretrain's classifier built from scratch keeps its position table at zero
   # (only a loaded pretrained backbone fills it); take its weights as they are.
   plan = dataclasses.replace(plan, model=plan.model.replace(pos_embed="none"))
-  fns = compile_steps(plan, config, sharding.make_mesh(config.mesh, jax.devices()[:2]))
-  model = ref.build_classifier(plan.model, train_augments=False)
-  params = torch_format.state_dict_to_flax(th.numpy_state_dict(model), torch_format.MMPRETRAIN,
-                                           plan.model, "classifier")
-  reference = ReferenceLoop(model, ref.FINETUNE_RECIPE, LR, EPOCH_LENGTH, WARMUP_EPOCHS, EPOCHS)
-  state = fns.from_params(params, {})
+  model = ref.build_classifier(plan.model, train_augments=False, drop_path_rate=0.0, seed=0)
+  start = torch_format.state_dict_to_flax(th.numpy_state_dict(model), torch_format.MMPRETRAIN,
+                                          plan.model, "classifier")
+  reference = ReferenceLoop(model.double(), ref.FINETUNE_RECIPE, LR, EPOCH_LENGTH,
+                            WARMUP_EPOCHS, EPOCHS)
   rng = np.random.default_rng(2)
   ours, theirs = [], []
-  for noise in _rgb_batches(3, plan.model.img_size):
-    # A learnable task: each class has its own brightness.
-    labels = rng.integers(0, config.num_classes, BATCH)
-    images = (noise // 4 + 20 * labels[:, None, None, None]).astype(np.uint8)
-    samples = [DataSample().set_gt_label(int(y)) for y in labels]
-    theirs.append(reference.step(_as_reference_inputs(images), samples))
-    batch = jax.device_put(images, fns.batch_sharding)   # uint8: the step normalises
-    state, metrics = fns.step(state, batch, jax.device_put(labels.astype(np.int32),
-                                                           fns.batch_sharding),
-                              jax.random.key(0))
-    ours.append(float(metrics["loss"]))
-  _check("fine-tuning", ours, theirs, state.params, model, plan.model, "classifier")
+  with jax.enable_x64(True):
+    fns = compile_steps(plan, config, sharding.make_mesh(config.mesh, jax.devices()[:2]))
+    state = fns.from_params(_float64(start), {})
+    for noise in _rgb_batches(3, plan.model.img_size):
+      # A learnable task: each class has its own brightness.
+      labels = rng.integers(0, config.num_classes, BATCH)
+      images = (noise // 4 + 20 * labels[:, None, None, None]).astype(np.uint8)
+      samples = [DataSample().set_gt_label(int(y)) for y in labels]
+      theirs.append(reference.step(_as_reference_inputs(images), samples))
+      batch = jax.device_put(images, fns.batch_sharding)   # uint8: the step normalises
+      state, metrics = fns.step(state, batch, jax.device_put(labels.astype(np.int32),
+                                                             fns.batch_sharding),
+                                jax.random.key(0))
+      ours.append(float(metrics["loss"]))
+    assert metrics["loss"].dtype == jnp.float64
+    params = jax.device_get(state.params)
+  _check("fine-tuning", ours, theirs,
+         _param_errors(params, model, start, plan.model, "classifier"))

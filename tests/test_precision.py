@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import train_fixtures as tf_
-from mixmim_jax.model import layers, masking
+from mixmim_jax.model import api, layers
 from mixmim_jax.training import sharding
 from mixmim_jax.training.plan import make_plan
 from mixmim_jax.training.steps import compile_steps
@@ -68,7 +68,62 @@ def test_gradients_cross_chips_in_float32_under_bfloat16_fsdp(tmp_path):
   assert c["all-gather"]["operand_dtypes"].get("bf16", 0) > 0
 
 
-def _losses_and_first_gradient(dtype: str, data_dir: str, steps: int = 5):
+# Primitives that move bfloat16 values without computing with them, or that
+# hold sub-programs (walked as well).
+_MOVES = {"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice",
+          "dynamic_slice", "concatenate", "copy", "copy_p", "pjit", "jit", "closed_call",
+          "scan", "while", "cond", "remat", "checkpoint", "custom_vjp_call",
+          "custom_vjp_call_jaxpr", "custom_jvp_call", "custom_lin"}
+
+
+def _bfloat16_uses(jaxpr, found):
+  """Every equation of `jaxpr` (and of its sub-programs) that takes a bfloat16
+  value, by primitive; and each matrix product's output dtype."""
+  from jax.extend import core  # pylint: disable=import-outside-toplevel
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if any(getattr(getattr(v, "aval", None), "dtype", None) == jnp.bfloat16
+           for v in eqn.invars):
+      found.setdefault(name, 0)
+      found[name] += 1
+    if name == "dot_general":
+      found.setdefault(f"dot_general -> {eqn.outvars[0].aval.dtype}", 0)
+      found[f"dot_general -> {eqn.outvars[0].aval.dtype}"] += 1
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(sub, core.ClosedJaxpr):
+          _bfloat16_uses(sub.jaxpr, found)
+        elif isinstance(sub, core.Jaxpr):
+          _bfloat16_uses(sub, found)
+  return found
+
+
+def test_bfloat16_only_enters_the_matrix_products(tmp_path):
+  """The whole pretraining gradient program (forward and backward) of a
+  12-block model under model.dtype=bfloat16: bfloat16 values feed matrix
+  products and nothing else (no arithmetic, no conversion back: nothing
+  is rounded to bfloat16 outside a product's inputs), and every product
+  returns float32. A product output kept in bfloat16, a LayerNorm, softmax
+  or residual stream in bfloat16 each break it (unlike a numerical bound:
+  the gradient's distance to float32's, 0.38 %, moved to 0.42 % with a
+  product output in bfloat16)."""
+  config = tf_.tiny_config(str(tmp_path), batch_size=8, **DEEP, **{"model.dtype": "bfloat16"})
+  plan = make_plan(config, 1000, 1)
+  params = api.param_shapes(plan.model, "pretrain")
+  images = jax.ShapeDtypeStruct((8, 64, 64, 3), jnp.float32)
+  masks = jax.ShapeDtypeStruct((plan.num_groups, plan.model.num_mask_cells), jnp.float32)
+  program = jax.make_jaxpr(jax.grad(loss_fn), static_argnums=(4, 5))(
+      params, images, masks, jax.random.key(1), plan, True)
+  found = _bfloat16_uses(program.jaxpr, {})
+  assert found.get("dot_general", 0) > 100, found          # the products are bfloat16
+  others = {k: v for k, v in found.items()
+            if k not in _MOVES and not k.startswith("dot_general")}
+  assert not others, f"bfloat16 values used outside matrix products: {others}"
+  assert set(k for k in found if k.startswith("dot_general ->")) == {"dot_general -> float32"}
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(program.out_avals))
+
+
+def _losses(dtype: str, data_dir: str, steps: int = 5):
   config = tf_.tiny_config(data_dir, batch_size=8, **DEEP, **{"model.dtype": dtype})
   config.optim.base_lr = 0.05
   plan = make_plan(config, 1000, 1)
@@ -77,40 +132,28 @@ def _losses_and_first_gradient(dtype: str, data_dir: str, steps: int = 5):
              for _ in range(steps)]
   fns = compile_steps(plan, config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
   state = fns.init(jax.random.key(0))          # float32 parameters whatever the dtype
-  # One gradient from those weights, a fixed mask and the first batch.
-  masks = masking.draw_coarse_masks(jax.random.key(3), plan.num_groups,
-                                    plan.model.num_mask_cells, 0.5, 0.0)
-  grad = jax.jit(jax.grad(loss_fn), static_argnums=(4, 5))(
-      state.params, batches[0], masks, jax.random.key(1), plan, True)
-  # The compiled training step (it donates the state: after the gradient).
   losses = []
   for images in batches:
     state, metrics = fns.step(state, images, jax.random.key(1))
     losses.append(float(metrics["loss"]))
-  return np.asarray(losses), grad
+  return np.asarray(losses)
 
 
 def test_bfloat16_steps_track_float32(tmp_path):
   """Five bfloat16 pretraining steps of a 12-block model against float32 from
-  the same weights and batches, and one gradient.
+  the same weights and batches.
 
-  The gradient tells the old code from the new on every machine measured:
-  with the residual stream, LayerNorm and gradients in bfloat16 (before) it
-  was off by 1.51 % (relative L2) on an AMD EPYC and on an Intel Xeon with
-  AVX-512, now by 0.38 % and 0.39 %; the bound fails the old code.
-  The relative loss gap stays small in both, but at this size it is rounding
-  noise that moves with the machine's bfloat16 products: before, 5.5e-5 on
-  average (1.0e-4 at most) on the AMD, 3.9e-5 (7.2e-5) on the Intel; now
-  4.2e-5 (6.9e-5) and 6.0e-5 (7.9e-5). Its bounds check that bfloat16
-  training tracks float32, not which code runs."""
-  f_losses, f_grad = _losses_and_first_gradient("float32", str(tmp_path))
-  b_losses, b_grad = _losses_and_first_gradient("bfloat16", str(tmp_path))
+  The relative loss gap is rounding noise that moves with the machine's
+  bfloat16 products: with the residual stream, LayerNorm and gradients in
+  bfloat16 (the old code), 5.5e-5 on average (1.0e-4 at most) on an AMD EPYC,
+  3.9e-5 (7.2e-5) on an Intel Xeon; now 4.2e-5 (6.9e-5) and 6.0e-5 (7.9e-5).
+  Its bounds check that bfloat16 training tracks float32, not which code
+  runs: test_bfloat16_only_enters_the_matrix_products does that (a gradient
+  bound could not: 0.38 % from float32's now, 0.42 % with a product output
+  kept in bfloat16)."""
+  f_losses = _losses("float32", str(tmp_path))
+  b_losses = _losses("bfloat16", str(tmp_path))
   gap = np.abs(b_losses - f_losses) / f_losses
-  num = sum(float(jnp.sum((a - b) ** 2)) for a, b in
-            zip(jax.tree.leaves(f_grad), jax.tree.leaves(b_grad)))
-  den = sum(float(jnp.sum(a ** 2)) for a in jax.tree.leaves(f_grad))
-  grad_error = (num / den) ** 0.5
-  print(f"loss gap mean {gap.mean():.3g} max {gap.max():.3g}; gradient error {grad_error:.4f}")
+  print(f"loss gap mean {gap.mean():.3g} max {gap.max():.3g}")
   assert f_losses[-1] < f_losses[0]                # it trains
   assert gap.mean() < 1.5e-4 and gap.max() < 3e-4, gap
-  assert grad_error < 0.006, grad_error

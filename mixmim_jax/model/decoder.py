@@ -9,7 +9,7 @@ from mixmim_jax.model import init_schemes, masking, tables
 from mixmim_jax.model.arch import ModelConfig
 from mixmim_jax.model.block_stack import run_blocks
 from mixmim_jax.model.encoder import MixMIMEncoder
-from mixmim_jax.model.layers import TransformerBlock, dense, layer_norm
+from mixmim_jax.model.layers import TransformerBlock, dense, full_precision, layer_norm
 
 
 class MixMIMDecoder(nn.Module):
@@ -44,7 +44,7 @@ class MixMIMDecoder(nn.Module):
                    deterministic=not train, remat=cfg.remat, scan=cfg.scan_blocks)
     x = layer_norm(cfg.decoder_ln_eps, "norm")(x)
     x = dense(cfg.target_dim, cfg.decoder_dim, linear, cfg.dtype, "pred")(x)
-    x = x.astype(jnp.float32)
+    x = x.astype(full_precision(x.dtype))
     b = latent.shape[0]
     return x[:, :, 0].reshape(b, *x.shape[-2:]), x[:, :, 1].reshape(b, *x.shape[-2:])
 

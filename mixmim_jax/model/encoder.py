@@ -13,7 +13,7 @@ from mixmim_jax.model import init_schemes, masking, tables
 from mixmim_jax.model.arch import NUM_STAGES, ModelConfig
 from mixmim_jax.model.block_stack import run_blocks
 from mixmim_jax.model.init_schemes import InitScheme, LinearInit
-from mixmim_jax.model.layers import TransformerBlock, dense, layer_norm
+from mixmim_jax.model.layers import TransformerBlock, dense, full_precision, layer_norm
 
 ENCODER_LN_EPS = 1e-5
 
@@ -29,7 +29,7 @@ class PatchEmbed(nn.Module):
     # float32 under any compute dtype: 0.1 % of the FLOPs, and the first
     # rounding of the residual stream would otherwise happen here.
     x = nn.Conv(self.cfg.embed_dim, (p, p), strides=(p, p), padding="VALID",
-                dtype=jnp.float32, kernel_init=init_schemes.torch_default_kernel,
+                dtype=full_precision(images.dtype), kernel_init=init_schemes.torch_default_kernel,
                 bias_init=init_schemes.torch_default_bias(p * p * images.shape[-1]),
                 name="proj")(images)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
@@ -104,7 +104,7 @@ class MixMIMEncoder(nn.Module):
       raise ValueError(f"images of size {images.shape[1:3]} given to a model built for "
                        f"{cfg.img_size}x{cfg.img_size}.")
     deterministic = not train
-    x = PatchEmbed(cfg, name="patch_embed")(images.astype(jnp.float32))
+    x = PatchEmbed(cfg, name="patch_embed")(images.astype(full_precision(images.dtype)))
     grid = cfg.mask_grid
     if coarse_mask is not None:
       x = masking.mix(x, masking.upsample_mask(coarse_mask, grid, 2 ** (NUM_STAGES - 1)))
@@ -135,7 +135,7 @@ class MixMIMClassifier(nn.Module):
     x = MixMIMEncoder(cfg, for_classifier=True, name="encoder")(images, train=train)
     x = x.mean(axis=1)
     if cfg.num_classes == 0:
-      return x.astype(jnp.float32)
+      return x.astype(full_precision(x.dtype))
     head_init = init_schemes.scheme(cfg.init, classifier=True).head
     x = dense(cfg.num_classes, cfg.num_features, head_init, cfg.dtype, "head")(x)
-    return x.astype(jnp.float32)
+    return x.astype(full_precision(x.dtype))

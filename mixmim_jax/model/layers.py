@@ -39,19 +39,28 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype) -> jax.Array:
   two of X, Y, Z, as in a linear layer or attention's two products; `a` and `b`
   are float32 (the model's activations and parameters).
   """
-  if jnp.dtype(dtype) == jnp.float32:
+  if jnp.dtype(dtype).itemsize >= 4:
     return jnp.einsum(spec, a, b)
   return _low_precision_einsum(spec, jnp.dtype(dtype), a, b)
 
 
+def full_precision(dtype) -> jnp.dtype:
+  """The dtype every non-product op runs in: float32, or float64 for float64
+  inputs (the parity tests run the model in double under jax_enable_x64; there
+  the low-precision products accumulate in float64, an exact emulation)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _low_precision_einsum(spec, dtype, a, b):
-  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
+                    preferred_element_type=full_precision(jnp.result_type(a, b)))
 
 
 def _low_precision_einsum_fwd(spec, dtype, a, b):
   low_a, low_b = a.astype(dtype), b.astype(dtype)
-  out = jnp.einsum(spec, low_a, low_b, preferred_element_type=jnp.float32)
+  out = jnp.einsum(spec, low_a, low_b,
+                   preferred_element_type=full_precision(jnp.result_type(a, b)))
   return out, (low_a, low_b)
 
 
@@ -59,9 +68,10 @@ def _low_precision_einsum_bwd(spec, dtype, residuals, g):
   low_a, low_b = residuals
   inputs, z = spec.split("->")
   x, y = inputs.split(",")
+  acc = full_precision(g.dtype)
   g = g.astype(dtype)
-  da = jnp.einsum(f"{z},{y}->{x}", g, low_b, preferred_element_type=jnp.float32)
-  db = jnp.einsum(f"{x},{z}->{y}", low_a, g, preferred_element_type=jnp.float32)
+  da = jnp.einsum(f"{z},{y}->{x}", g, low_b, preferred_element_type=acc)
+  db = jnp.einsum(f"{x},{z}->{y}", low_a, g, preferred_element_type=acc)
   return da, db
 
 
@@ -93,9 +103,11 @@ def dense(features: int, fan_in: int, init: LinearInit, dtype: Dtype, name: str,
 
 
 def layer_norm(eps: float, name: str) -> nn.LayerNorm:
-  # In float32 under any compute dtype (autocast does the same). Two-pass
-  # variance, as torch computes it: parity at 1e-4 needs it in deep stacks.
-  return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, use_fast_variance=False, name=name)
+  # In float32 under any compute dtype (autocast does the same): the residual
+  # stream and the parameters are float32, and dtype=None keeps their type
+  # (float64 in the float64 parity tests). Two-pass variance, as torch
+  # computes it: parity at float32's noise needs it in deep stacks.
+  return nn.LayerNorm(epsilon=eps, dtype=None, use_fast_variance=False, name=name)
 
 
 class DropPath(nn.Module):

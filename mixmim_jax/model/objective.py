@@ -32,7 +32,7 @@ def unpatchify(patches: jax.Array, patch: int, channels: int = 3) -> jax.Array:
 def pixel_target(images: jax.Array, patch: int, norm_pix: bool = True) -> jax.Array:
   """Patches of the normalized input; with norm_pix each patch is standardized
   with Bessel's correction (torch.var's default), eps 1e-6 as the references."""
-  t = patchify(images.astype(jnp.float32), patch)
+  t = patchify(images.astype(jnp.promote_types(images.dtype, jnp.float32)), patch)
   if norm_pix:
     mean = t.mean(axis=-1, keepdims=True)
     var = t.var(axis=-1, keepdims=True, ddof=1)
@@ -45,5 +45,6 @@ def reconstruction_loss(seq1: jax.Array, seq2: jax.Array, target: jax.Array,
   """Mean squared error of the unmixed prediction over all cells and values.
 
   Returns (loss, unmixed prediction (B, L, D))."""
-  pred = masking.unmix(seq1.astype(jnp.float32), seq2.astype(jnp.float32), coarse_mask)
+  dtype = jnp.promote_types(jnp.result_type(seq1, seq2), jnp.float32)
+  pred = masking.unmix(seq1.astype(dtype), seq2.astype(dtype), coarse_mask)
   return jnp.mean((pred - target) ** 2), pred

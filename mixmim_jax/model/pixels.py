@@ -8,12 +8,14 @@ models and `api.classify` take normalised float32 images (`predict` normalises i
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
 def normalize(images, mean, std):
-  """(uint8 images - mean) / std per channel, in float32; float images as they are."""
+  """(uint8 images - mean) / std per channel, in float32 (in float64 under
+  jax_enable_x64, as the float64 parity tests run); float images as they are."""
   if images.dtype != jnp.uint8:
     return images
-  return ((images.astype(jnp.float32) - jnp.asarray(mean, jnp.float32))
-          / jnp.asarray(std, jnp.float32))
+  dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+  return ((images.astype(dtype) - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype))

@@ -19,7 +19,8 @@ def model_kind(task: str) -> str:
 
 
 def soft_cross_entropy(logits, targets):
-  return -(targets * jax.nn.log_softmax(logits.astype(jnp.float32))).sum(-1).mean()
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  return -(targets * jax.nn.log_softmax(logits)).sum(-1).mean()
 
 
 def train_step(state: TrainState, images, labels, base_key, *, plan: Plan, config, tx,

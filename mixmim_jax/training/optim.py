@@ -22,7 +22,8 @@ def warmup_cosine(lr: float, total_steps: int, warmup_steps: int,
   decay_steps = max(total_steps - warmup_steps, 1)
 
   def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
+    # float32; float64 under jax_enable_x64, as mmengine's lr in Python floats.
+    step = jnp.asarray(step, jax.dtypes.canonicalize_dtype(jnp.float64))
     warm = lr * (start_factor + (1.0 - start_factor) * step / max(warmup_steps - 1, 1))
     t = jnp.clip(step - warmup_steps, 0, decay_steps) / decay_steps
     cos = end_lr + (lr - end_lr) * 0.5 * (1.0 + jnp.cos(math.pi * t))
