@@ -54,7 +54,7 @@ setup-test: system-packages $(PY)
 
 # The mutation check (tests/mutants.py, docs/MUTANTS.md): each hand-picked wrong
 # constant or formula, applied alone to a copy of the repository, must make the
-# tests that guard it fail. About 40 min on 2 cores; not part of `make test`.
+# tests that guard it fail. About 25 min on 2 cores; not part of `make test`.
 .PHONY: mutants
 mutants: setup-test
 	nice -n 10 $(PY) tests/mutants.py
