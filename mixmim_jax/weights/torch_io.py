@@ -131,7 +131,9 @@ def export_state_dict(cfg: ModelConfig, kind: str, params, fmt: str, classes=Non
   reads them (meta.dataset_meta.classes)."""
   sd = torch_format.flax_to_state_dict(params, cfg, kind, fmt)
   torch = _torch()
-  tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+  # A copy: arrays fetched from devices are read-only, and torch warns on
+  # (and must never write through) a tensor over one.
+  tensors = {k: torch.from_numpy(np.array(v, order="C", copy=True)) for k, v in sd.items()}
   wrapper = "state_dict" if fmt == torch_format.MMPRETRAIN else "model"
   meta = {"converted_by": "mixmim_jax", "config": cfg.to_json()}
   if classes is not None:
