@@ -23,18 +23,3 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 # For the tests that run programs as subprocesses: the same cache.
 SUBPROCESS_CACHE_ENV = dict(JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
                             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-
-# Scheduling only: the files whose tests take longest run first, so that at the
-# end of `make test` (two xdist workers that steal each other's queued tests)
-# only short tests are left, and neither worker waits alone for a long one
-# (cold, 2 cores: the last 3 % of the run took 3 of its 15.7 minutes). The
-# order within a file is kept; files not named follow in pytest's order.
-RUN_FIRST = ("test_train.py", "test_robustness.py", "test_workdir.py", "test_multihost_stop.py",
-             "test_precision.py", "test_block_stack.py", "test_gcs_chain.py", "test_startup.py",
-             "test_parity.py", "test_finetune.py", "test_probes.py", "test_benchmark.py",
-             "test_aot.py", "test_loop_parity.py")
-
-
-def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
-  rank = {name: i for i, name in enumerate(RUN_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(RUN_FIRST)))
