@@ -19,7 +19,7 @@ is faster.
 As shipped (remat, scanned stacks): 10.01 GiB per v4 chip (31 %), 4.37 GiB per
 v5e chip (27 %), 142 GFLOP per image (AOT, BENCHMARKS.md).
 The kNN and few-shot probes (config.evals) run at the start, every 5 epochs and
-at the end on imagenet2012 train[:10%] and validation: about 1 % of the run
+at the end on imagenet2012 train[:10%] and validation: 0.7 % of the run by FLOPs
 (docs/PROBES.md).
 """
 from mixmim_jax.training.recipes import pretrain_defaults

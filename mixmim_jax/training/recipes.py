@@ -93,7 +93,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   # train records (shuffled by TFDS when it prepared them: about 128 images of
   # every class) as the kNN memory and few-shot pool, the validation split as
   # queries; both read the same features. Every 3125 steps = 5 epochs at batch
-  # 2048: about 1 % of the run (docs/PROBES.md).
+  # 2048: 0.7 % of the run by FLOPs (docs/PROBES.md).
   c.evals = ml_collections.ConfigDict(dict(
       knn=knn_probe(every_steps=3125, train_split="train[:10%]", eval_split="validation"),
       fewshot=fewshot_probe(every_steps=3125, train_split="train[:10%]",
