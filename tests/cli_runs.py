@@ -42,10 +42,15 @@ class Trainer:
   """`python -m mixmim_jax.main` in the background; a thread collects its
   output, so several can run at once."""
 
-  def __init__(self, argv, env=None):
+  def __init__(self, argv, env=None, own_session=False):
+    # own_session: for a trainer a test stops with SIGSTOP. A stopped process in
+    # the test runner's process group makes that group one with a stopped job:
+    # once it counts as orphaned, the kernel sends SIGHUP to the whole group
+    # (POSIX), which ends the pytest worker.
     self.proc = subprocess.Popen([sys.executable, "-u", "-m", "mixmim_jax.main"] + argv,
                                  env=env or ENV, cwd=REPO, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
+                                 stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=own_session)
     self.lines: list[str] = []
     self._seen = 0                   # wait_for goes on after its last match
     self._changed = threading.Condition()

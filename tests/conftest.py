@@ -23,3 +23,25 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 # For the tests that run programs as subprocesses: the same cache.
 SUBPROCESS_CACHE_ENV = dict(JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
                             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+
+def _name_the_signal_that_ends_a_worker() -> None:
+  """An xdist worker ended by a signal shows only as 'node down: Not properly
+  terminated'; this says which signal it was before the default action runs."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  def say_and_end(signum, _frame):
+    sys.stderr.write(f"\npytest worker {os.environ.get('PYTEST_XDIST_WORKER')} (pid "
+                     f"{os.getpid()}) ended by {signal.Signals(signum).name}\n")
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+  for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU):
+    if signal.getsignal(sig) is signal.SIG_DFL:
+      signal.signal(sig, say_and_end)
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  _name_the_signal_that_ends_a_worker()

@@ -24,9 +24,9 @@ import time
 import pytest
 
 from mixmim_jax import exit_codes
-from test_finetune import write_idx_split
 
 from cli_runs import ENV, REPO, Trainer, run_cli, tiny_args
+from train_fixtures import write_idx_split
 
 FT_CONFIG = os.path.join(REPO, "configs", "fashion_mnist_finetune.py")
 HOST = socket.gethostname()
@@ -133,7 +133,7 @@ def test_one_run_per_workdir_and_one_meaning_per_run(tmp_path, data_dir, pretrai
   # A run that holds its workdir (stopped, so it stays alive and costs nothing).
   work = str(tmp_path / "busy")
   a = Trainer(tiny_args(data_dir, steps=100000, checkpoint_every_steps=100000,
-                        log_every_steps=100000) + [f"--workdir={work}"])
+                        log_every_steps=100000) + [f"--workdir={work}"], own_session=True)
   try:
     a.wait_for("step       1/100000")
     a.proc.send_signal(signal.SIGSTOP)
