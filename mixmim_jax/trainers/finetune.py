@@ -102,38 +102,43 @@ def finetune(config, workdir: str, stop_after: int | None = None,
   writer = metrics.MetricWriter(run_dir.join("tensorboard"), enabled=is_main)
   run = loop.TrainLoop(config, run_dir, plan.total_steps, start, ckpt, writer, stop_after,
                        signals, clock)
-  step_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  try:
+    step_key = jax.random.fold_in(jax.random.key(config.seed), 1)
 
-  def run_eval(step):
-    result = accuracy.evaluate(fns.eval_step, state.params, state.batch_stats, config.data,
-                               config.eval_batch_size, mesh)
-    writer.write(step, {f"eval/{k}": v for k, v in result.items() if k != "unreadable"})
-    if is_main:
-      print(f"eval at step {step}: {accuracy.summary(result)}", flush=True)
-    return result
+    def run_eval(step):
+      result = accuracy.evaluate(fns.eval_step, state.params, state.batch_stats, config.data,
+                                 config.eval_batch_size, mesh)
+      writer.write(step, {f"eval/{k}": v for k, v in result.items() if k != "unreadable"})
+      if is_main:
+        print(f"eval at step {step}: {accuracy.summary(result)}", flush=True)
+      return result
 
-  # ------------------------------------------------------------------ loop
-  evals: dict[int, dict] = {}
-  for step in range(start, plan.total_steps):
-    batch = run.next_batch(batches)
-    images = jax.make_array_from_process_local_data(fns.batch_sharding, batch["image"])
-    labels = jax.make_array_from_process_local_data(fns.batch_sharding, batch["label"])
-    state, step_metrics = fns.step(state, images, labels, step_key)
-    done = run.after_step(step, step_metrics, skipped_images=float(batches.skipped))
-    # The checkpoint before the evaluation: a preemption notice's grace period
-    # may end during it, and the last steps must not be lost then. After a
-    # stop request only the final evaluation runs.
-    stop = run.save_and_stop(done, state, meta)
-    if run.is_last:
-      ckpt.wait()                                     # committed before it is evaluated
-    if run.is_last or (not stop and config.eval_every_steps
-                       and done % config.eval_every_steps == 0):
-      t0 = time.perf_counter()
-      evals[done] = run_eval(done)
-      run.outside_steps(time.perf_counter() - t0)     # not step time (progress.py)
-    if stop:
-      break
-  run.close(batches)
+    # ------------------------------------------------------------------ loop
+    evals: dict[int, dict] = {}
+    for step in range(start, plan.total_steps):
+      batch = run.next_batch(batches)
+      images = jax.make_array_from_process_local_data(fns.batch_sharding, batch["image"])
+      labels = jax.make_array_from_process_local_data(fns.batch_sharding, batch["label"])
+      state, step_metrics = fns.step(state, images, labels, step_key)
+      done = run.after_step(step, step_metrics, skipped_images=float(batches.skipped))
+      # The checkpoint before the evaluation: a preemption notice's grace period
+      # may end during it, and the last steps must not be lost then. After a
+      # stop request only the final evaluation runs.
+      stop = run.save_and_stop(done, state, meta)
+      if run.is_last:
+        ckpt.wait()                                     # committed before it is evaluated
+      if run.is_last or (not stop and config.eval_every_steps
+                         and done % config.eval_every_steps == 0):
+        t0 = time.perf_counter()
+        evals[done] = run_eval(done)
+        run.outside_steps(time.perf_counter() - t0)     # not step time (progress.py)
+      if stop:
+        break
+    run.close(batches)
+  finally:
+    # Also when the run ends in an error: a caller's process (a notebook, a
+    # test) must not keep the run's signal handlers.
+    run.release_signals()
   if not run.stopped_early and is_main:
     params = state.params
     if config.task == "linprobe":

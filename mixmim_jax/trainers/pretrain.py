@@ -76,24 +76,29 @@ def train(config, workdir: str, stop_after: int | None = None,
   writer = metrics.MetricWriter(run_dir.join("tensorboard"), enabled=is_main)
   run = loop.TrainLoop(config, run_dir, plan.total_steps, start, ckpt, writer, stop_after,
                        signals, clock)
-  # kNN / few-shot on the encoder's features (config.evals), a program apart from the step.
-  probes = (Probes(config.evals, config.data, plan.model, mesh,
-                   fns.state_shardings.params["encoder"]) if "evals" in config else None)
-  if start == 0 and _run_probes(probes, run, writer, 0, state.params, plan.total_steps):
-    clock.mark("probes at step 0")       # not the data pipeline's start-up
+  try:
+    # kNN / few-shot on the encoder's features (config.evals), a program apart from the step.
+    probes = (Probes(config.evals, config.data, plan.model, mesh,
+                     fns.state_shardings.params["encoder"]) if "evals" in config else None)
+    if start == 0 and _run_probes(probes, run, writer, 0, state.params, plan.total_steps):
+      clock.mark("probes at step 0")       # not the data pipeline's start-up
 
-  # ------------------------------------------------------------------ loop
-  for step in range(start, plan.total_steps):
-    batch = run.next_batch(batches)["image"]
-    images = jax.make_array_from_process_local_data(fns.batch_sharding, batch)
-    state, step_metrics = fns.step(state, images, step_key)
-    done = run.after_step(step, step_metrics, skipped_images=float(batches.skipped))
-    if config.image_every_steps and (done % config.image_every_steps == 0 or run.is_last):
-      _write_pictures(config, plan, state.params, batch, step_key, done, run_dir, is_main)
-    if run.save_and_stop(done, state, meta):
-      break
-    _run_probes(probes, run, writer, done, state.params, plan.total_steps)
-  run.close(batches)
+    # ------------------------------------------------------------------ loop
+    for step in range(start, plan.total_steps):
+      batch = run.next_batch(batches)["image"]
+      images = jax.make_array_from_process_local_data(fns.batch_sharding, batch)
+      state, step_metrics = fns.step(state, images, step_key)
+      done = run.after_step(step, step_metrics, skipped_images=float(batches.skipped))
+      if config.image_every_steps and (done % config.image_every_steps == 0 or run.is_last):
+        _write_pictures(config, plan, state.params, batch, step_key, done, run_dir, is_main)
+      if run.save_and_stop(done, state, meta):
+        break
+      _run_probes(probes, run, writer, done, state.params, plan.total_steps)
+    run.close(batches)
+  finally:
+    # Also when the run ends in an error: a caller's process (a notebook, a
+    # test) must not keep the run's signal handlers.
+    run.release_signals()
   return run.result(state)
 
 

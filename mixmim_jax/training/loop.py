@@ -179,11 +179,18 @@ class TrainLoop:
                      "resume.", done)
     return self.stop_due
 
+  def release_signals(self) -> None:
+    """Restores the signal handlers this loop installed (when the caller gave
+    none); idempotent. Left installed after an error, their watcher would end
+    the caller's process at its next signals."""
+    if self._own_signals:
+      self._signals.__exit__()
+      self._own_signals = False
+
   def close(self, batches) -> None:
     """Waits for the last checkpoint, closes the event files, and says how many
     unreadable images the run met."""
-    if self._own_signals:
-      self._signals.__exit__()
+    self.release_signals()
     self._ckpt.close()
     self._writer.close()
     if batches.skipped:
