@@ -66,10 +66,12 @@ REFUSALS = [
 
 
 def _run_in_one_process(runs, timeout=600):
+  """Each argv of `runs` through `python -m mixmim_jax.main`, all in one process
+  (tests/commands_worker.py): JAX and TensorFlow load once."""
   path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"refusals-{os.getpid()}.json")
   with open(path, "w") as f:
-    json.dump(runs, f)
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "refusals_worker.py"),
+    json.dump([dict(module="mixmim_jax.main", argv=argv) for argv in runs], f)
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "commands_worker.py"),
                          path], env=ENV, capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
