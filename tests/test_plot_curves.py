@@ -47,3 +47,16 @@ def test_shades_the_seeds_range_and_draws_the_first_value(tmp_path):
   plot_curves.main([str(tmp_path), f"--out={out}", "--tags=eval/fewshot_10shot",
                     "--baseline=random encoder"])
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_several_workdirs_draw_as_one_run_the_later_winning(tmp_path):
+  early, run = tmp_path / "early", tmp_path / "run"
+  for workdir, values in ((early, {0: 0.5, 5: 0.6}), (run, {5: 0.65, 10: 0.7})):
+    writer = metrics.MetricWriter(str(workdir / "tensorboard"))
+    for step, value in values.items():
+      writer.write(step, {"eval/knn_top1": value})
+  merged = plot_curves.merge_scalars([str(early), str(run)])
+  assert merged["eval/knn_top1"] == pytest.approx({0: 0.5, 5: 0.65, 10: 0.7})
+  out = tmp_path / "knn.png"
+  plot_curves.main([str(early), str(run), f"--out={out}", "--tags=eval/knn_top1"])
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

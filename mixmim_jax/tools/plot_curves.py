@@ -6,8 +6,10 @@ Reads WORKDIR/tensorboard (the files metrics.MetricWriter writes; a resumed run
 logs some steps twice, and the later value wins) and draws each tag against the
 step, with the epoch on a second axis when --steps-per-epoch is given; where
 TAG_min and TAG_max are logged too (the few-shot probes' seeds), their range is
-shaded. Needs matplotlib (requirements-test.txt), which the runtime itself does
-not.
+shaded. Several workdirs draw as one run, a later one's value of a step
+winning (e.g. probes of a run's early checkpoints, taken by a separate
+`evaluate` and logged elsewhere, then the run's own rounds). Needs
+matplotlib (requirements-test.txt), which the runtime itself does not.
 
   python -m mixmim_jax.tools.plot_curves RUN --tags=eval/knn_top1,eval/fewshot_10shot --out=probes.png
 """
@@ -46,6 +48,16 @@ def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
       for value in event.summary.value:
         scalars.setdefault(value.tag, {})[int(event.step)] = float(value.simple_value)
   return scalars
+
+
+def merge_scalars(workdirs: list[str]) -> dict[str, dict[int, float]]:
+  """read_scalars of each workdir, as one: for a step logged in several, the
+  later workdir's value."""
+  merged: dict[str, dict[int, float]] = {}
+  for workdir in workdirs:
+    for tag, values in read_scalars(workdir).items():
+      merged.setdefault(tag, {}).update(values)
+  return merged
 
 
 def plot(scalars: dict[str, dict[int, float]], tags: list[str], title: str,
@@ -94,7 +106,8 @@ def plot(scalars: dict[str, dict[int, float]], tags: list[str], title: str,
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("workdir")
+  parser.add_argument("workdirs", nargs="+", metavar="workdir",
+                      help="one run's workdir, or several drawn as one run (later wins)")
   parser.add_argument("--out", required=True, help="PNG to write")
   parser.add_argument("--tags", default="loss", help="comma-separated scalar names")
   parser.add_argument("--title", default="")
@@ -103,9 +116,9 @@ def main(argv=None) -> None:
   parser.add_argument("--baseline", default="",
                       help="label of a dotted line at each tag's first value")
   args = parser.parse_args(argv)
-  scalars = read_scalars(args.workdir)
+  scalars = merge_scalars(args.workdirs)
   tags = [t for t in args.tags.split(",") if t]
-  png = plot(scalars, tags, args.title or args.workdir, args.steps_per_epoch, args.log_y,
+  png = plot(scalars, tags, args.title or " + ".join(args.workdirs), args.steps_per_epoch, args.log_y,
              args.baseline)
   epath.Path(args.out).write_bytes(png)
   for tag in tags:
