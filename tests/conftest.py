@@ -43,5 +43,19 @@ def _name_the_signal_that_ends_a_worker() -> None:
       signal.signal(sig, say_and_end)
 
 
+def _let_children_take_the_stop_signals() -> None:
+  """A suite started in the background of a script (`make test &`: SIGINT
+  ignored) or under nohup (SIGHUP ignored) passes the ignoring on to every
+  process it starts, and a trainer leaves an ignored signal alone
+  (training/stopping.py), so the tests that signal one would fail. A handler
+  that does nothing keeps ignoring it here, and is not inherited: a started
+  program gets the default."""
+  import signal  # pylint: disable=import-outside-toplevel
+  for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+    if signal.getsignal(sig) is signal.SIG_IGN:
+      signal.signal(sig, lambda *_: None)
+
+
+_let_children_take_the_stop_signals()
 if os.environ.get("PYTEST_XDIST_WORKER"):
   _name_the_signal_that_ends_a_worker()
