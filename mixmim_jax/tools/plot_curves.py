@@ -118,8 +118,8 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   scalars = merge_scalars(args.workdirs)
   tags = [t for t in args.tags.split(",") if t]
-  png = plot(scalars, tags, args.title or " + ".join(args.workdirs), args.steps_per_epoch, args.log_y,
-             args.baseline)
+  title = args.title or " + ".join(args.workdirs)
+  png = plot(scalars, tags, title, args.steps_per_epoch, args.log_y, args.baseline)
   epath.Path(args.out).write_bytes(png)
   for tag in tags:
     steps = sorted(scalars[tag])
