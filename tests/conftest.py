@@ -51,7 +51,8 @@ def _let_children_take_the_stop_signals() -> None:
   that does nothing keeps ignoring it here, and is not inherited: a started
   program gets the default."""
   import signal  # pylint: disable=import-outside-toplevel
-  for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+  from mixmim_jax.training import stopping  # pylint: disable=import-outside-toplevel
+  for sig in stopping.SIGNALS:
     if signal.getsignal(sig) is signal.SIG_IGN:
       signal.signal(sig, lambda *_: None)
 

@@ -7,8 +7,8 @@ logs some steps twice, and the later value wins) and draws each tag against the
 step, with the epoch on a second axis when --steps-per-epoch is given; where
 TAG_min and TAG_max are logged too (the few-shot probes' seeds), their range is
 shaded. Several workdirs draw as one run, a later one's value of a step
-winning (e.g. probes of a run's early checkpoints, taken by a separate
-`evaluate` and logged elsewhere, then the run's own rounds). Needs
+winning (e.g. probes of a run's early checkpoints, taken after the fact and
+logged to another folder, then the run's own rounds). Needs
 matplotlib (requirements-test.txt), which the runtime itself does not.
 
   python -m mixmim_jax.tools.plot_curves RUN --tags=eval/knn_top1,eval/fewshot_10shot --out=probes.png
