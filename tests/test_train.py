@@ -262,6 +262,7 @@ def test_gradient_accumulation_averages_micro_batches(data_dir):
   state = jax.device_get(fns.init(jax.random.key(0)))
   step_key = jax.random.fold_in(jax.random.key(1), 0)
   per_device, micro = 32 // num_devices, 32 // num_devices // 2
+  loss_and_grad = jax.jit(jax.value_and_grad(train_step.loss_fn), static_argnums=(4, 5))
   losses, grads = [], []
   for k in range(2):
     batch = np.concatenate([images[j * per_device + k * micro:j * per_device + (k + 1) * micro]
@@ -269,13 +270,17 @@ def test_gradient_accumulation_averages_micro_batches(data_dir):
     mask_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, k))
     masks = masking.draw_coarse_masks(mask_key, plan.num_groups, plan.model.num_mask_cells,
                                       config.mask_ratio, config.range_mask_ratio)
-    loss, grad = jax.jit(jax.value_and_grad(train_step.loss_fn), static_argnums=(4, 5))(
-        state.params, batch, masks, dropout_key, plan, config.norm_pix)
+    loss, grad = loss_and_grad(state.params, batch, masks, dropout_key, plan, config.norm_pix)
     losses.append(loss)
     grads.append(grad)
-  mean_grad = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
-  updates, _ = fns.tx.update(mean_grad, state.opt_state, state.params)
-  expected = optax.apply_updates(state.params, updates)
+
+  @jax.jit          # one program for the reference update, not one per op and leaf
+  def update(grads, opt_state, params):
+    mean_grad = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+    updates, _ = fns.tx.update(mean_grad, opt_state, params)
+    return optax.apply_updates(params, updates)
+
+  expected = update(grads, state.opt_state, state.params)
   np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
