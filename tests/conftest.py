@@ -25,15 +25,23 @@ SUBPROCESS_CACHE_ENV = dict(JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
                             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
-def _name_the_signal_that_ends_a_worker() -> None:
-  """An xdist worker ended by a signal shows only as 'node down: Not properly
-  terminated'; this says which signal it was before the default action runs."""
+def _name_the_signal_that_ends_pytest() -> None:
+  """A handler for each default-action stop signal that names the signal, then
+  takes the default action. Two reasons:
+  - an xdist worker ended by a signal shows only as 'node down: Not properly
+    terminated';
+  - libtpu (loaded by the TPU compile tests, and by any JAX backend start without
+    JAX_PLATFORMS=cpu) sets SIGHUP to ignored when its action is the default,
+    and every program a later test starts would inherit that: a trainer leaves
+    an ignored signal alone, so a test that sends it SIGHUP failed, depending
+    on which tests ran before in the same process. A handler set here is kept
+    by libtpu, and is not inherited: a started program gets the default."""
   import signal  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
+  who = f"pytest worker {os.environ.get('PYTEST_XDIST_WORKER', '')}".rstrip()
 
   def say_and_end(signum, _frame):
-    sys.stderr.write(f"\npytest worker {os.environ.get('PYTEST_XDIST_WORKER')} (pid "
-                     f"{os.getpid()}) ended by {signal.Signals(signum).name}\n")
+    sys.stderr.write(f"\n{who} (pid {os.getpid()}) ended by {signal.Signals(signum).name}\n")
     sys.stderr.flush()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
@@ -58,5 +66,4 @@ def _let_children_take_the_stop_signals() -> None:
 
 
 _let_children_take_the_stop_signals()
-if os.environ.get("PYTEST_XDIST_WORKER"):
-  _name_the_signal_that_ends_a_worker()
+_name_the_signal_that_ends_pytest()

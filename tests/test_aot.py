@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +160,25 @@ def test_tiny_model_compiles_for_a_v5e_slice(tmp_path):
   assert 0 < checks["all_reduce_over_param_bytes"] < 2
   lines = aot.report_lines(r)
   assert any("fits with 10 % headroom" in line for line in lines)
+
+
+@needs_libtpu
+def test_programs_started_after_libtpu_loads_take_every_stop_signal():
+  """libtpu sets SIGHUP to ignored where it finds the default action, and a
+  program started afterwards inherits that (a trainer leaves an ignored signal
+  alone): tests that send a trainer SIGHUP failed after a TPU compile test in
+  the same pytest process. tests/conftest.py sets handlers first, which libtpu
+  keeps and a started program does not inherit."""
+  from mixmim_jax.tools import aot  # pylint: disable=import-outside-toplevel
+  aot.topology_devices("v5e:2x2")                  # loads libtpu in this process
+  script = ("import signal\n"
+            "from mixmim_jax.training import stopping\n"
+            "print(sorted(signal.Signals(s).name for s in stopping.SIGNALS\n"
+            "             if signal.getsignal(s) is signal.SIG_IGN))")
+  out = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=REPO),
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_topology_names():
