@@ -38,6 +38,7 @@ def _name_the_signal_that_ends_pytest() -> None:
     by libtpu, and is not inherited: a started program gets the default."""
   import signal  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
+  from mixmim_jax.training import stopping  # pylint: disable=import-outside-toplevel
   who = f"pytest worker {os.environ.get('PYTEST_XDIST_WORKER', '')}".rstrip()
 
   def say_and_end(signum, _frame):
@@ -46,7 +47,7 @@ def _name_the_signal_that_ends_pytest() -> None:
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
-  for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU):
+  for sig in stopping.SIGNALS:          # SIGINT keeps Python's KeyboardInterrupt
     if signal.getsignal(sig) is signal.SIG_DFL:
       signal.signal(sig, say_and_end)
 
